@@ -1,0 +1,1 @@
+"""mpo_fast benchmarks: `python -m benchmarks.run --op NAME [--quick] [--device cpu|cuda] [--json]`."""

@@ -1,0 +1,1 @@
+"""One module per op, each with `run(ctx) -> Iterator[dict]` (records stamped by benchmarks.run)."""

@@ -1,0 +1,1 @@
+"""One module per op: boundary validation, torch.library custom op, backend dispatch."""

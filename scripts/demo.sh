@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Sets up .venv (scripts/setup_env.sh) and runs the MPO demo on the embedded SmolLM2-135M model.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+bash "$root/scripts/setup_env.sh"
+venv="${MPO_FAST_VENV:-$root/.venv}"
+cd "$root"
+if "$venv/bin/python" -c "import mpo_fast.cli" 2>/dev/null; then
+  exec "$venv/bin/mpo-fast" demo "$@"
+fi
+# Until the trainer lands, the demo is the advantages benchmark.
+exec "$venv/bin/python" -m benchmarks.run --op group_advantages "$@"

@@ -1,0 +1,94 @@
+"""setup.py hands the native build over to CMakeLists.txt (the one build truth).
+
+Two extension modules, neither linking libtorch, so they build wherever a C++17 compiler (and
+nvcc) exist, whatever torch is installed:
+  mpo_fast._C     C++ CPU ops (pybind11, OpenMP when found). Always built.
+  mpo_fast._cuda  CUDA kernels behind a C ABI (device pointers + cudaStream_t), CUDA runtime linked
+                  statically so `import mpo_fast` works on machines with no GPU or driver.
+                  Built when nvcc is found; MPO_FAST_SKIP_CUDA=1 skips it.
+"""
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+ROOT = Path(__file__).resolve().parent
+
+
+def find_nvcc():
+    if os.environ.get("MPO_FAST_SKIP_CUDA", "0") not in ("", "0"):
+        return None
+    candidates = [os.environ.get("CUDACXX"), shutil.which("nvcc")]
+    cuda_home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH") or "/usr/local/cuda"
+    candidates.append(os.path.join(cuda_home, "bin", "nvcc"))
+    for c in candidates:
+        if c and os.path.isfile(c) and os.access(c, os.X_OK):
+            return c
+    return None
+
+
+class CMakeExtension(Extension):
+    def __init__(self, name):
+        super().__init__(name, sources=[])
+
+
+class CMakeBuild(build_ext):
+    """Configure and build every CMake target once, then put each module where setuptools wants it."""
+
+    def run(self):
+        if shutil.which("cmake") is None:
+            raise RuntimeError("cmake (3.18 or newer) is needed to build mpo_fast: apt-get install cmake, or pip install cmake")
+        self._built = False
+        super().run()
+
+    def build_extension(self, ext):
+        out_dir = Path(self.get_ext_fullpath(ext.name)).resolve().parent
+        if not self._built:
+            self._cmake_build(out_dir)
+            self._built = True
+
+    def _cmake_build(self, out_dir):
+        build_temp = Path(self.build_temp).resolve() / "cmake"
+        build_temp.mkdir(parents=True, exist_ok=True)
+        import pybind11
+
+        nvcc = find_nvcc()
+        args = [
+            f"-DCMAKE_LIBRARY_OUTPUT_DIRECTORY={out_dir}",
+            f"-DPython_EXECUTABLE={sys.executable}",
+            f"-Dpybind11_DIR={pybind11.get_cmake_dir()}",
+            f"-DCMAKE_BUILD_TYPE={os.environ.get('MPO_FAST_BUILD_TYPE', 'Release')}",
+            f"-DMPO_FAST_BUILD_CUDA={'ON' if nvcc else 'OFF'}",
+        ]
+        if nvcc:
+            args.append(f"-DCMAKE_CUDA_COMPILER={nvcc}")
+        if os.environ.get("MPO_FAST_CUDA_ARCHS"):
+            args.append(f"-DCMAKE_CUDA_ARCHITECTURES={os.environ['MPO_FAST_CUDA_ARCHS']}")
+        jobs = os.environ.get("CMAKE_BUILD_PARALLEL_LEVEL") or str(os.cpu_count() or 2)
+        subprocess.check_call(["cmake", str(ROOT), *args], cwd=build_temp)
+        subprocess.check_call(["cmake", "--build", ".", "--parallel", jobs], cwd=build_temp)
+
+
+ext_modules = [CMakeExtension("mpo_fast._C")]
+if find_nvcc():
+    ext_modules.append(CMakeExtension("mpo_fast._cuda"))
+
+setup(
+    packages=[
+        p
+        for p in __import__("setuptools").find_packages(include=["mpo_fast", "mpo_fast.*"])
+    ]
+    + ["mpo_fast.kernels"],
+    # Triton sources live in the top-level kernels/ folder but install as mpo_fast.kernels, so they
+    # never clash with another distribution's top-level `kernels` package.
+    package_dir={"mpo_fast.kernels": "kernels"},
+    package_data={"mpo_fast": ["tasks/data/*.jsonl", "tasks/data/*.json", "py.typed", "configs/*.yaml"]},
+    include_package_data=False,
+    ext_modules=ext_modules,
+    cmdclass={"build_ext": CMakeBuild},
+    zip_safe=False,
+)
