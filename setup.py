@@ -86,7 +86,7 @@ setup(
     # Triton sources live in the top-level kernels/ folder but install as mpo_fast.kernels, so they
     # never clash with another distribution's top-level `kernels` package.
     package_dir={"mpo_fast.kernels": "kernels"},
-    package_data={"mpo_fast": ["tasks/data/*.jsonl", "tasks/data/*.json", "py.typed", "configs/*.yaml"]},
+    package_data={"mpo_fast": ["tasks/data/*.jsonl", "tasks/data/*.json", "py.typed", "configs/*.yaml", "configs/rubrics/*.yaml"]},
     include_package_data=False,
     ext_modules=ext_modules,
     cmdclass={"build_ext": CMakeBuild},

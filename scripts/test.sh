@@ -6,4 +6,7 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 bash "$root/scripts/setup_env.sh"
 venv="${MPO_FAST_VENV:-$root/.venv}"
 cd "$root"
+# One torch thread per process: tests start servers and worker threads beside pytest, and on 2 cores
+# oversubscribed OpenMP pools were measured 5-9x slower than one thread.
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 exec "$venv/bin/python" -m pytest -q --timeout=900 "$@"

@@ -1,0 +1,19 @@
+"""One training or evaluation example, task-independent."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+
+@dataclass(frozen=True)
+class TaskExample:
+    """`prompt` is the task input (essay prompt, document, anecdote, problem), not the chat text:
+    Task.build_messages wraps it in the task's template. `reference` is a reference summary or
+    answer, `label` a class label (ethics: RIGHT/WRONG); `meta` holds any other source columns."""
+
+    id: str
+    prompt: str
+    reference: str | None = None
+    label: str | None = None
+    meta: Mapping[str, Any] = field(default_factory=dict, hash=False, compare=False)

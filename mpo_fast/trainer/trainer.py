@@ -1,0 +1,575 @@
+"""MPOTrainer: Meta Policy Optimization as a short loop over named stages.
+
+    for step in steps:
+        generate -> judge -> advantages -> update -> evolve_rubric
+
+    trainer = MPOTrainer(model, args=MPOConfig(...), train_dataset=rows, judge=judge, meta_judge=meta)
+    result = trainer.train()
+
+The rubric only changes between steps, so every group is judged by one rubric version and every
+sample records the version that scored it. Failed judgements are masked out of the advantages
+and the loss, counted, and stop the run (last checkpoint intact) past judge.max_failure_rate.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import inspect
+import logging
+import shutil
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from ..rollout import HFRollout, Rollout, RolloutBackend, SamplingParams
+from ..rubrics import Rubric, RubricStore, RubricVersion, load_rubric
+from ..tasks import Task, get_task
+from . import checkpoint as ckpt
+from . import stages
+from .batch import build_train_batch
+from .config import MPOConfig
+from .data import PromptSampler, as_examples
+from .logprobs import PolicyLogprobs, adapters_disabled, causal_lm_of, is_peft_model
+from .run_log import Progress, RunLog, read_jsonl
+from .update import PolicyUpdater, UpdateResult, advance_schedule
+
+log = logging.getLogger("mpo_fast")
+
+
+class JudgeFailureRateError(RuntimeError):
+    """Too many judgements failed: the run stops rather than train on a handful of rewards."""
+
+
+class OutputDirInUseError(RuntimeError):
+    """output_dir already holds a run and neither resume nor overwrite was asked for."""
+
+
+@dataclass
+class TrainResult:
+    output_dir: str
+    steps: int  # last completed step
+    wall_seconds: float
+    rubric_versions: list[int]  # versions that scored at least one step, in order of first use
+    reward_by_version: dict[int, dict[str, float]]  # version -> {mean, std, steps, first_step, last_step}
+    judge_failure_rate: float
+    judge_failures: int
+    judgements: int
+    last_checkpoint: str | None
+    metrics: list[dict[str, Any]] = field(default_factory=list, repr=False)
+
+
+def _scheduler_name(name: str) -> str:
+    return {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}[name]
+
+
+def _mean(values: Sequence[float]) -> float:
+    return float(statistics.fmean(values)) if values else float("nan")
+
+
+def _std(values: Sequence[float]) -> float:
+    return float(statistics.pstdev(values)) if len(values) > 1 else 0.0
+
+
+class MPOTrainer:
+    """Train `model` with MPO.
+
+    model: a transformers causal LM (or a peft model, or a model path / "embedded").
+    train_dataset: TaskExamples, rows with 'prompt' (TRL style), strings, or None to load the
+        task's data as args.task says.
+    judge: the reward model: `async judge(list[JudgeRequest]) -> list[Judgement]`.
+    meta_judge: the meta-reward model: `evolve(rubric, samples, step)` (sync or async) returning
+        a new Rubric (or an object with .rubric and .analyses), or None to keep the rubric.
+        None disables rubric evolution (a fixed-rubric baseline).
+    peft_config: a peft LoraConfig; None trains all parameters (unless `model` is already a
+        peft model).
+    processing_class: the tokenizer (loaded with the model when `model` is a path).
+    rollout: a RolloutBackend; default in-process HF generate.
+    signals: a reward-hacking detector (see `_observe_signals`); None: none.
+    """
+
+    def __init__(
+        self,
+        model,
+        args: MPOConfig | None = None,
+        train_dataset: Sequence[Any] | None = None,
+        judge=None,
+        meta_judge=None,
+        peft_config=None,
+        *,
+        processing_class=None,
+        rollout: RolloutBackend | None = None,
+        signals=None,
+        task: Task | None = None,
+    ) -> None:
+        self.args = args = args if args is not None else MPOConfig()
+        if judge is None:
+            raise ValueError("judge is None; pass a judge (e.g. mpo_fast.judges.LocalJudge) that scores responses")
+        self.output_dir = Path(args.output_dir)
+        self.task = task if task is not None else get_task(args.task.name)
+        self._setup_model(model, processing_class, peft_config)
+        self._setup_optimisation()
+        # Prompts are rendered now: a too-long one fails before any training.
+        examples = as_examples(train_dataset) if train_dataset is not None else self.task.load(
+            args.task.data, args.task.split, limit=args.task.limit
+        )
+        self.prompts = stages.render_prompts(examples, self.task, self.tokenizer, max_prompt_tokens=args.task.max_prompt_tokens)
+        self.sampler = PromptSampler(len(self.prompts), args.seed)
+        self.sampling = SamplingParams(
+            max_new_tokens=args.rollout.max_new_tokens, temperature=args.rollout.temperature,
+            top_p=args.rollout.top_p, top_k=args.rollout.top_k,
+        )
+        self.rollout = rollout if rollout is not None else HFRollout(
+            self.model, self.tokenizer, batch_size=args.rollout.batch_size
+        )
+        # -- judges and rubric ----------------------------------------------------------------
+        self.judge = judge
+        self.meta_judge = meta_judge
+        self.signals = stages.SignalMonitor(signals) if signals is not None else None
+        self.initial_rubric: Rubric = (
+            load_rubric(args.task.rubric, task=self.task.name) if args.task.rubric else self.task.initial_rubric()
+        )
+        self._loop = asyncio.new_event_loop()
+        # -- run state (what a checkpoint holds) ------------------------------------------------
+        self.step = 0
+        self.policy_version = 0
+        self.judged = 0
+        self.judge_failed = 0
+        self.skipped_nonfinite = 0
+        self.last_evolve_step = 0
+        # 4x what the meta-judge analyses: enough for its prescreen to find the odd ones out.
+        self.meta_buffer = stages.MetaSampleBuffer(capacity=4 * args.meta.num_samples)
+        self.store: RubricStore | None = None
+        self.rubric_version: RubricVersion | None = None
+        self.last_checkpoint: Path | None = None
+        self._last_evolution = None
+
+    def _setup_model(self, model, tokenizer, peft_config) -> None:
+        """Policy (LoRA-wrapped when peft_config is given), tokenizer, and the KL reference:
+        LoRA -> the same module with adapters disabled; full fine-tuning -> a frozen copy;
+        kl_coef == 0 -> none at all."""
+        args = self.args
+        if isinstance(model, str):
+            from .model_loading import load_causal_lm
+
+            model, loaded_tokenizer = load_causal_lm(model, dtype=args.model.dtype, device=args.model.device)
+            tokenizer = tokenizer or loaded_tokenizer
+        if tokenizer is None:
+            raise ValueError("processing_class (the tokenizer) is None; pass the policy's tokenizer")
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        self.tokenizer = tokenizer
+        if peft_config is not None:
+            if is_peft_model(model):
+                raise ValueError("model is already a peft model and peft_config was given too; pass one of them")
+            from peft import get_peft_model
+
+            model = get_peft_model(model, peft_config)
+        self.model = model
+        if args.model.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            if is_peft_model(model):
+                model.enable_input_require_grads()
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        if not self.params:
+            raise ValueError("the model has no trainable parameters; unfreeze some, or pass a peft_config")
+        self.device = next(model.parameters()).device
+        self.ref_model = None
+        if args.train.kl_coef > 0 and not is_peft_model(model):
+            self.ref_model = copy.deepcopy(causal_lm_of(model)).eval().requires_grad_(False)
+        self.logprobs = PolicyLogprobs(
+            model, temperature=args.rollout.temperature, impl=args.model.logprob_impl, ref_model=self.ref_model
+        )
+
+    def _setup_optimisation(self) -> None:
+        t = self.args.train
+        self.optimizer = torch.optim.AdamW(
+            self.params, lr=t.learning_rate, betas=(t.adam_beta1, t.adam_beta2), eps=t.adam_eps,
+            weight_decay=t.weight_decay,
+        )
+        from transformers import get_scheduler
+
+        self.scheduler = get_scheduler(
+            _scheduler_name(t.lr_scheduler), self.optimizer,
+            num_warmup_steps=t.warmup_steps * t.ppo_epochs, num_training_steps=t.max_steps * t.ppo_epochs,
+        )
+        self.updater = PolicyUpdater(
+            self.logprobs, self.optimizer, self.scheduler, self.params, t,
+            max_tokens=self.args.rollout.max_new_tokens, device=self.device,
+        )
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    def _run_async(self, awaitable):
+        if not inspect.isawaitable(awaitable):
+            return awaitable  # a synchronous judge or meta-judge
+        return self._loop.run_until_complete(awaitable)
+
+    @contextlib.contextmanager
+    def _judging(self):
+        """A judge that shares the policy's weights must see the frozen base: adapters off,
+        eval mode, no autograd."""
+        shares = self.args.judge.backend == "local" and self.args.judge.model == "policy" and is_peft_model(self.model)
+        if not shares:
+            yield
+            return
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad(), adapters_disabled(self.model):
+                yield
+        finally:
+            self.model.train(was_training)
+
+    def _state(self) -> dict[str, Any]:
+        return {
+            "policy_version": self.policy_version,
+            "sampler": self.sampler.state_dict(),
+            "rubric_version": self.rubric_version.version,
+            "rubric_hash": self.rubric_version.hash,
+            "judged": self.judged,
+            "judge_failed": self.judge_failed,
+            "skipped_nonfinite": self.skipped_nonfinite,
+            "last_evolve_step": self.last_evolve_step,
+            "meta_buffer": self.meta_buffer.state(),
+            "signals": self.signals.state() if self.signals is not None else None,
+        }
+
+    def _load_state(self, state: dict[str, Any]) -> None:
+        self.step = int(state["step"])
+        self.policy_version = int(state["policy_version"])
+        self.sampler.load_state_dict(state["sampler"])
+        self.rubric_version = self.store.get(int(state["rubric_version"]))
+        if self.rubric_version.hash != state["rubric_hash"]:
+            raise ckpt.CheckpointError(
+                f"rubric v{state['rubric_version']} in {self.store.directory} has hash {self.rubric_version.hash}, "
+                f"the checkpoint recorded {state['rubric_hash']}; the rubric store was changed after the checkpoint"
+            )
+        self.judged = int(state["judged"])
+        self.judge_failed = int(state["judge_failed"])
+        self.skipped_nonfinite = int(state["skipped_nonfinite"])
+        self.last_evolve_step = int(state["last_evolve_step"])
+        self.meta_buffer.load_state(state["meta_buffer"])
+        if self.signals is not None and state.get("signals") is not None:
+            self.signals.load_state(state["signals"])
+
+    def _prepare_output_dir(self) -> int | None:
+        """Returns the step to resume after, or None for a fresh run."""
+        out = self.output_dir
+        existing = ckpt.latest_checkpoint(out)
+        if self.args.resume:
+            ckpt.sweep_partial_checkpoints(out)
+            if existing is None:
+                log.warning("resume=true but %s holds no checkpoint: starting from step 0", out)
+                self._clear_run_files()
+                return None
+            return int(existing.name.split("-")[1])
+        has_run = existing is not None or (out / "metrics.jsonl").exists() or (out / "rubrics" / "index.json").exists()
+        if has_run:
+            if not self.args.overwrite:
+                raise OutputDirInUseError(
+                    f"output_dir {out} already holds a run ({existing or out / 'metrics.jsonl'}); pass resume=true to "
+                    "continue it, overwrite=true to start over there, or choose another output_dir"
+                )
+            self._clear_run_files()
+        return None
+
+    def _clear_run_files(self) -> None:
+        out = self.output_dir
+        # Only what a run writes; never the whole directory (it may be a user's folder).
+        for sub in ("checkpoints", "rubrics", "tensorboard"):
+            shutil.rmtree(out / sub, ignore_errors=True)
+        for name in ("metrics.jsonl", "samples.jsonl", "summary.json", "config.yaml"):
+            (out / name).unlink(missing_ok=True)
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def train(self) -> TrainResult:
+        args = self.args
+        started = time.perf_counter()
+        resume_step = self._prepare_output_dir()
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        self.store = RubricStore(self.output_dir / "rubrics")
+        if resume_step is None:
+            self.rubric_version = self.store.save(self.initial_rubric, step=0, analyses=())
+        else:
+            path = ckpt.checkpoints_dir(self.output_dir) / f"step-{resume_step:06d}"
+            state = ckpt.load_checkpoint(path, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler)
+            self._load_state(state)
+            self.last_checkpoint = path
+            self.rollout.sync_weights(self.model, self.policy_version)
+        self.run_log = RunLog(args, resume_step=resume_step)
+        progress = Progress(args.train.max_steps, enabled=args.log.progress, start=self.step)
+        if resume_step is not None:
+            progress.message(f"resumed from {self.last_checkpoint} (step {self.step}, rubric v{self.rubric_version.version})")
+        try:
+            while self.step < args.train.max_steps:
+                row = self.train_step(self.step + 1)
+                self.step += 1
+                self.run_log.metrics(row)
+                progress.step(row)
+                save_steps = args.log.save_steps
+                if (save_steps and self.step % save_steps == 0) or self.step == args.train.max_steps:
+                    self.save_checkpoint()
+        finally:
+            progress.close()
+            self.run_log.close()
+        return self.summary(time.perf_counter() - started)
+
+    def save_checkpoint(self) -> Path:
+        self.last_checkpoint = ckpt.save_checkpoint(
+            self.output_dir, self.step, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
+            state=self._state(), keep=self.args.log.save_total_limit,
+        )
+        return self.last_checkpoint
+
+    def train_step(self, step: int) -> dict[str, Any]:
+        """One MPO step; returns its metrics row (also written to metrics.jsonl by train())."""
+        args = self.args
+        t_start = time.perf_counter()
+        rubric_version = self.rubric_version
+        rubric = rubric_version.rubric
+        prompts = [self.prompts[i] for i in self.sampler.next(args.rollout.prompts_per_step)]
+        group = args.rollout.num_generations
+
+        # generate
+        t0 = time.perf_counter()
+        rollouts = stages.generate(self.rollout, prompts, n=group, sampling=self.sampling, policy_version=self.policy_version)
+        generate_s = time.perf_counter() - t0
+
+        # judge
+        t0 = time.perf_counter()
+        with self._judging():
+            scored = stages.judge(
+                self.judge, self._run_async, rollouts, prompts, rubric, self.task,
+                rule_weight=args.task.rule_weight, missing_eos_penalty=args.rollout.missing_eos_penalty,
+            )
+        judge_s = time.perf_counter() - t0
+        self._count_failures(step, scored)
+
+        # advantages
+        adv = stages.advantages(scored, group_size=group, mode=args.train.advantage_mode, eps=args.train.advantage_eps)
+
+        # update: failed judgements are out of the batch (and so out of the loss mask)
+        t0 = time.perf_counter()
+        keep = [i for i in range(len(rollouts)) if bool(scored.valid[i])]
+        update: UpdateResult | None = None
+        if keep:
+            batch = build_train_batch(
+                [rollouts[i] for i in keep], adv.advantages[keep], pad_token_id=self.tokenizer.pad_token_id
+            )
+            update = self.updater.update(batch)
+            self.policy_version += 1
+            self.rollout.sync_weights(self.model, self.policy_version)
+            self.skipped_nonfinite += update.skipped_steps
+        else:
+            for _ in range(args.train.ppo_epochs):  # keep the schedule aligned with the step count
+                advance_schedule(self.scheduler)
+        update_s = time.perf_counter() - t0
+
+        # samples + evolve
+        self._log_samples(step, prompts, rollouts, scored, adv.advantages, rubric_version)
+        self.meta_buffer.add(stages.meta_samples(step, prompts, rollouts, scored, rubric_version.hash))
+        signals = self.signals.observe(step, rollouts, scored) if self.signals is not None else []
+        t0 = time.perf_counter()
+        evolved = self._maybe_evolve(step, signals)
+        evolve_s = time.perf_counter() - t0
+
+        step_s = time.perf_counter() - t_start
+        return self._metrics_row(
+            step, rubric_version, rollouts, scored, adv, update, signals, evolved,
+            dict(generate_s=generate_s, judge_s=judge_s, update_s=update_s, evolve_s=evolve_s, step_seconds=step_s),
+        )
+
+    # -- stage helpers ----------------------------------------------------------------------
+
+    def _count_failures(self, step: int, scored: stages.ScoredRollouts) -> None:
+        self.judged += len(scored.judgements)
+        self.judge_failed += sum(1 for j in scored.judgements if not j.ok)
+        j = self.args.judge
+        rate = self.judge_failed / max(self.judged, 1)
+        if self.judged >= j.min_judged and rate > j.max_failure_rate:
+            errors: dict[str, int] = {}
+            for jd in scored.judgements:
+                if not jd.ok:
+                    kind = (jd.error or "failed").split(":", 1)[0][:80]
+                    errors[kind] = errors.get(kind, 0) + 1
+            where = f"the last checkpoint is {self.last_checkpoint}" if self.last_checkpoint else "no checkpoint was written yet"
+            raise JudgeFailureRateError(
+                f"stopping at step {step}: {self.judge_failed} of {self.judged} judgements failed "
+                f"({rate:.0%} > judge.max_failure_rate={j.max_failure_rate:.0%}); {where}. Errors this step: {errors}. "
+                "Fix: check the judge is reachable and answering; with a small judge model use judge.scoring=expected "
+                "or constrained (free-text parsing fails on small models); then resume with resume=true"
+            )
+
+    def _log_samples(self, step, prompts, rollouts: list[Rollout], scored, advantages, rubric_version) -> None:
+        limit = self.args.log.samples_per_step
+        rows = []
+        for i, r in enumerate(rollouts[: limit if limit is not None else len(rollouts)]):
+            j = scored.judgements[i]
+            rows.append(
+                {
+                    "step": step,
+                    "prompt_id": prompts[r.prompt_index].example.id,
+                    "prompt": prompts[r.prompt_index].text,
+                    "sample_index": r.sample_index,
+                    "response": r.text,
+                    "reward": float(scored.rewards[i]) if bool(scored.valid[i]) else None,
+                    "judge_reward": scored.judge_rewards[i],
+                    "rule_reward": scored.rule_rewards[i],
+                    "valid": bool(scored.valid[i]),
+                    "advantage": float(advantages[i]),
+                    "item_scores": list(j.item_scores),
+                    "item_status": [getattr(s, "name", str(s)) for s in j.item_status],
+                    "rationale": j.rationale,
+                    "judge_error": j.error,
+                    "judge_mode": j.mode,
+                    "cached": j.cached,
+                    "rubric_version": rubric_version.version,
+                    "rubric_hash": rubric_version.hash,
+                    "finished": r.finished,
+                    "length": len(r.completion_ids),
+                    "policy_version": r.policy_version,
+                }
+            )
+        self.run_log.samples(rows)
+
+    def _maybe_evolve(self, step: int, signals: list[str]) -> RubricVersion | None:
+        """The MPO step: every meta.interval steps, or early on a reward-hacking signal."""
+        m = self.args.meta
+        if self.meta_judge is None or not m.enabled or step >= self.args.train.max_steps:
+            return None  # a rubric made at the last step would never score anything
+        scheduled = step % m.interval == 0
+        triggered = bool(signals) and m.trigger_on_signals
+        if not (scheduled or triggered) or step - self.last_evolve_step < m.min_steps_between:
+            return None
+        samples = list(self.meta_buffer.samples)
+        if not samples:
+            return None
+        current = self.rubric_version
+        with self._judging():
+            result = self._run_async(self.meta_judge.evolve(current.rubric, samples, step))
+        self.last_evolve_step = step
+        self.meta_buffer.clear()
+        self._last_evolution = result
+        if result is None or getattr(result, "changed", True) is False:
+            return None
+        rubric = result if isinstance(result, Rubric) else getattr(result, "rubric", None)
+        if not isinstance(rubric, Rubric):
+            raise TypeError(
+                f"meta_judge.evolve returned {type(result).__name__}; it must return a Rubric, an object with a "
+                ".rubric attribute (judges.Evolution), or None"
+            )
+        analyses = tuple(getattr(result, "analyses", ()) or ())
+        new = self.store.save(rubric, parent=current.version, step=step, analyses=analyses)
+        if new.hash == current.hash:
+            return None
+        self.rubric_version = new  # takes effect at the next step: this step's samples keep their version
+        if self.signals is not None:
+            self.signals.rebaseline()  # the old rubric's baseline says nothing about the new one
+        return new
+
+    def _metrics_row(self, step, rubric_version, rollouts, scored, adv, update, signals, evolved, timings) -> dict:
+        valid_rewards = [float(r) for r, v in zip(scored.rewards.tolist(), scored.valid.tolist()) if v]
+        judge_rewards = [r for r in scored.judge_rewards if r is not None]
+        rule_rewards = [r for r in scored.rule_rewards if r is not None]
+        lengths = [len(r.completion_ids) for r in rollouts]
+        tokens = sum(lengths)
+        row: dict[str, Any] = {
+            "step": step,
+            "rubric_version": rubric_version.version,
+            "rubric_hash": rubric_version.hash,
+            "reward_mean": _mean(valid_rewards),
+            "reward_std": _std(valid_rewards),
+            "reward_min": min(valid_rewards) if valid_rewards else float("nan"),
+            "reward_max": max(valid_rewards) if valid_rewards else float("nan"),
+            "judge_reward_mean": _mean(judge_rewards),
+            "rule_reward_mean": _mean(rule_rewards) if rule_rewards else None,
+            "samples": len(rollouts),
+            "valid_samples": len(valid_rewards),
+            "judge_failed": scored.failures,
+            "judge_failed_total": self.judge_failed,
+            "judge_failure_rate": self.judge_failed / max(self.judged, 1),
+            "judge_cache_hits": sum(1 for j in scored.judgements if j.cached),
+            "judge_calls": sum(j.calls for j in scored.judgements),
+            "degenerate_groups": int(adv.degenerate_groups),
+            "response_length_mean": _mean(lengths),
+            "response_length_max": max(lengths),
+            "eos_fraction": sum(r.finished for r in rollouts) / len(rollouts),
+            "policy_version": self.policy_version,
+            "signals": signals,
+            "rubric_evolved": evolved.version if evolved is not None else None,
+            **self._evolution_metrics(),
+            **timings,
+            "samples_per_s": len(rollouts) / timings["step_seconds"],
+            "generated_tokens_per_s": tokens / max(timings["generate_s"], 1e-9),
+            "skipped_nonfinite_total": self.skipped_nonfinite,
+        }
+        if update is not None:
+            row.update(loss=update.loss, grad_norm=update.grad_norm, lr=update.lr, **update.metrics)
+        else:
+            row.update(loss=float("nan"), grad_norm=float("nan"), lr=float(self.optimizer.param_groups[0]["lr"]))
+        return row
+
+    def _evolution_metrics(self) -> dict[str, Any]:
+        result, self._last_evolution = self._last_evolution, None
+        if result is None or isinstance(result, Rubric):
+            return {}
+        return {
+            "meta_calls": getattr(result, "calls", None),
+            "meta_failures": len(getattr(result, "failures", ()) or ()),
+            "meta_proposals": len(getattr(result, "proposals", ()) or ()),
+        }
+
+    # -- summary ----------------------------------------------------------------------------
+
+    def summary(self, wall_seconds: float) -> TrainResult:
+        rows = read_jsonl(self.output_dir / "metrics.jsonl")
+        by_version: dict[int, dict[str, Any]] = {}
+        for row in rows:
+            v = int(row["rubric_version"])
+            entry = by_version.setdefault(v, {"rewards": [], "first_step": row["step"]})
+            if row.get("reward_mean") is not None:
+                entry["rewards"].append(float(row["reward_mean"]))
+            entry["last_step"] = row["step"]
+        reward_by_version = {
+            v: {
+                "mean": _mean(e["rewards"]),
+                "std": _std(e["rewards"]),
+                "steps": len(e["rewards"]),
+                "first_step": e["first_step"],
+                "last_step": e["last_step"],
+            }
+            for v, e in by_version.items()
+        }
+        return TrainResult(
+            output_dir=str(self.output_dir),
+            steps=self.step,
+            wall_seconds=wall_seconds,
+            rubric_versions=list(by_version),
+            reward_by_version=reward_by_version,
+            judge_failure_rate=self.judge_failed / max(self.judged, 1),
+            judge_failures=self.judge_failed,
+            judgements=self.judged,
+            last_checkpoint=str(self.last_checkpoint) if self.last_checkpoint else None,
+            metrics=rows,
+        )
+
+    def close(self) -> None:
+        """Release the rollout backend and the judges' HTTP clients (OpenAIJudge.aclose)."""
+        self.rollout.close()
+        if self._loop.is_closed():
+            return
+        owners = [self.judge]
+        meta_llm = getattr(self.meta_judge, "llm", None)
+        if meta_llm is not None and meta_llm is not getattr(self.judge, "llm", None):  # not shared with the RM
+            owners.append(meta_llm)
+        for owner in owners:
+            aclose = getattr(owner, "aclose", None)
+            if aclose is not None:
+                self._loop.run_until_complete(aclose())
+        self._loop.close()

@@ -1,0 +1,137 @@
+"""The update stage: clipped policy loss with KL to the reference, gradient accumulation over
+micro-batches, clipping, skip-and-log of non-finite gradients, one scheduler step per optimizer step.
+
+Micro-batch losses are weighted so the accumulated gradient equals the full batch's: token_mean
+weights each micro-batch by its share of the batch's completion tokens, the seq_mean variants
+by its share of sequences. Splitting a batch into micro-batches therefore changes memory, not
+the update.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from dataclasses import dataclass
+
+import torch
+
+from ..ops.policy_loss import policy_loss
+from .batch import TrainBatch
+from .config import TrainSettings
+from .logprobs import PolicyLogprobs
+
+log = logging.getLogger("mpo_fast")
+_MEAN_METRICS = ("clip_fraction", "approx_kl", "kl", "ratio_mean")
+
+
+@dataclass
+class UpdateResult:
+    loss: float
+    grad_norm: float
+    skipped_steps: int  # optimizer steps skipped for a non-finite gradient
+    optimizer_steps: int
+    lr: float
+    metrics: dict[str, float]
+
+
+def advance_schedule(scheduler) -> None:
+    """One scheduler step per optimizer-step slot, taken or skipped, so resumed and uninterrupted
+    runs see the same learning rate at the same step. torch warns when the very first optimizer
+    step was skipped; that order is intended here."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step\\(\\)` before")
+        scheduler.step()
+
+
+class PolicyUpdater:
+    def __init__(
+        self,
+        logprobs: PolicyLogprobs,
+        optimizer: torch.optim.Optimizer,
+        scheduler,
+        params: list[torch.nn.Parameter],
+        settings: TrainSettings,
+        *,
+        max_tokens: int,
+        device: torch.device,
+    ) -> None:
+        self.logprobs = logprobs
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+        self.params = params
+        self.settings = settings
+        self.max_tokens = max_tokens
+        self.device = device
+
+    def _micro_batches(self, batch: TrainBatch) -> tuple[list[TrainBatch], list[float]]:
+        size = self.settings.micro_batch_size
+        micros = [batch.select(list(range(i, min(i + size, batch.size)))).to(self.device) for i in range(0, batch.size, size)]
+        if self.settings.loss_aggregation == "token_mean":
+            total = max(batch.num_tokens, 1)
+            weights = [m.num_tokens / total for m in micros]
+        else:
+            weights = [m.size / batch.size for m in micros]
+        return micros, weights
+
+    def update(self, batch: TrainBatch) -> UpdateResult:
+        s = self.settings
+        model = self.logprobs.model
+        model.train()
+        lr = float(self.optimizer.param_groups[0]["lr"])  # the rate this step's update uses
+        micros, weights = self._micro_batches(batch)
+        refs = [self.logprobs.reference(m) if s.kl_coef > 0 else None for m in micros]
+        olds: list[torch.Tensor | None] = [None] * len(micros)
+        if s.ppo_epochs > 1:
+            # Several passes over the same rollouts: the ratio must be taken against the policy
+            # that sampled them, frozen before the first optimizer step.
+            with torch.no_grad():
+                olds = [self.logprobs.policy(m) for m in micros]
+        sums = {k: 0.0 for k in _MEAN_METRICS}
+        ratio_min, ratio_max = math.inf, -math.inf
+        loss_total = 0.0
+        skipped = 0
+        grad_norm = 0.0
+        behaviour_diff = []
+        for epoch in range(s.ppo_epochs):
+            for m, w, ref, old in zip(micros, weights, refs, olds):
+                logp = self.logprobs.policy(m)
+                old_logp = old if old is not None else logp.detach()
+                loss, loss_metrics = policy_loss(
+                    logp, old_logp, m.advantages, m.completion_mask,
+                    ref_logp=ref, clip_low=s.clip_low, clip_high=s.clip_high, kl_coef=s.kl_coef,
+                    kl_estimator=s.kl_estimator, aggregation=s.loss_aggregation, max_tokens=self.max_tokens,
+                )
+                (loss * w).backward()
+                loss_total += float(loss.detach()) * w / s.ppo_epochs
+                for k in _MEAN_METRICS:
+                    sums[k] += float(loss_metrics[k]) * w / s.ppo_epochs
+                ratio_min = min(ratio_min, float(loss_metrics["ratio_min"]))
+                ratio_max = max(ratio_max, float(loss_metrics["ratio_max"]))
+                if epoch == 0 and m.behaviour_logp is not None:
+                    # Sampler-vs-trainer log-prob gap: ~1e-6 in-process; large values flag a
+                    # stale or mismatched rollout engine.
+                    mask = m.completion_mask
+                    gap = (logp.detach() - m.behaviour_logp)[mask].abs()
+                    behaviour_diff.append((float(gap.sum()), int(mask.sum())))
+            norm = torch.nn.utils.clip_grad_norm_(self.params, s.max_grad_norm if s.max_grad_norm > 0 else math.inf)
+            grad_norm = float(norm)
+            if math.isfinite(grad_norm):
+                self.optimizer.step()
+            else:
+                skipped += 1
+                log.warning("non-finite gradient norm (%s): optimizer step skipped, gradients dropped", grad_norm)
+            self.optimizer.zero_grad(set_to_none=True)
+            advance_schedule(self.scheduler)
+        metrics = dict(sums)
+        metrics["ratio_min"] = ratio_min
+        metrics["ratio_max"] = ratio_max
+        if behaviour_diff:
+            metrics["behaviour_logp_gap"] = sum(a for a, _ in behaviour_diff) / max(sum(n for _, n in behaviour_diff), 1)
+        return UpdateResult(
+            loss=loss_total,
+            grad_norm=grad_norm,
+            skipped_steps=skipped,
+            optimizer_steps=s.ppo_epochs,
+            lr=lr,
+            metrics=metrics,
+        )

