@@ -360,7 +360,7 @@ def train_pipelined(trainer, settings: PipelineSettings, *, device: str | None =
 
     a = trainer.args
     if trainer._prepare_output_dir() is not None:
-        raise NotImplementedError("resuming a pipelined run is not wired yet: start it fresh (overwrite=true)")
+        raise RuntimeError("resuming a pipelined run is not wired yet: start it fresh (overwrite=true)")
     trainer.output_dir.mkdir(parents=True, exist_ok=True)
     from ...rubrics import RubricStore
 
