@@ -16,12 +16,13 @@ namespace {
 
 constexpr int kWarpsPerBlock = 8;
 
-template <typename T>
-__device__ __forceinline__ float to_float(T v) { return static_cast<float>(v); }
+// Loads one reward in the accumulation type: fp64 stays fp64, the half types go through float.
+template <typename Acc, typename T>
+__device__ __forceinline__ Acc to_acc(T v) { return static_cast<Acc>(v); }
 template <>
-__device__ __forceinline__ float to_float<__nv_bfloat16>(__nv_bfloat16 v) { return __bfloat162float(v); }
+__device__ __forceinline__ float to_acc<float, __nv_bfloat16>(__nv_bfloat16 v) { return __bfloat162float(v); }
 template <>
-__device__ __forceinline__ float to_float<__half>(__half v) { return __half2float(v); }
+__device__ __forceinline__ float to_acc<float, __half>(__half v) { return __half2float(v); }
 
 template <typename Acc>
 __device__ __forceinline__ Acc warp_sum(Acc v) {
@@ -42,7 +43,7 @@ __global__ void group_advantages_kernel(const In* __restrict__ rewards, const ui
   int n = 0;
   for (int64_t j = lane; j < group_size; j += 32) {
     if (valid && !valid[base + j]) continue;
-    sum += static_cast<Acc>(to_float(rewards[base + j]));
+    sum += to_acc<Acc>(rewards[base + j]);
     ++n;
   }
   sum = warp_sum(sum);
@@ -51,47 +52,14 @@ __global__ void group_advantages_kernel(const In* __restrict__ rewards, const ui
   Acc sq = 0;
   for (int64_t j = lane; j < group_size; j += 32) {
     if (valid && !valid[base + j]) continue;
-    const Acc d = static_cast<Acc>(to_float(rewards[base + j])) - mean;
+    const Acc d = to_acc<Acc>(rewards[base + j]) - mean;
     sq += d * d;
   }
   sq = warp_sum(sq);
   const Acc scale = advantage_scale<Acc>(mode, n, sq, eps);
   for (int64_t j = lane; j < group_size; j += 32) {
     const bool ok = n >= 2 && (!valid || valid[base + j]);
-    out[base + j] = static_cast<Out>(ok ? (static_cast<Acc>(to_float(rewards[base + j])) - mean) * scale : Acc(0));
-  }
-  if (lane == 0) counts[g] = n;
-}
-
-// fp64 input keeps fp64 throughout (to_float would round it): a separate instantiation.
-__global__ void group_advantages_kernel_f64(const double* __restrict__ rewards, const uint8_t* __restrict__ valid,
-                                            double* __restrict__ out, int32_t* __restrict__ counts,
-                                            int64_t num_groups, int64_t group_size, int mode, double eps) {
-  const int lane = threadIdx.x & 31;
-  const int64_t g = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + (threadIdx.x >> 5);
-  if (g >= num_groups) return;
-  const int64_t base = g * group_size;
-  double sum = 0;
-  int n = 0;
-  for (int64_t j = lane; j < group_size; j += 32) {
-    if (valid && !valid[base + j]) continue;
-    sum += rewards[base + j];
-    ++n;
-  }
-  sum = warp_sum(sum);
-  n = warp_sum(n);
-  const double mean = n > 0 ? sum / n : 0.0;
-  double sq = 0;
-  for (int64_t j = lane; j < group_size; j += 32) {
-    if (valid && !valid[base + j]) continue;
-    const double d = rewards[base + j] - mean;
-    sq += d * d;
-  }
-  sq = warp_sum(sq);
-  const double scale = advantage_scale<double>(mode, n, sq, eps);
-  for (int64_t j = lane; j < group_size; j += 32) {
-    const bool ok = n >= 2 && (!valid || valid[base + j]);
-    out[base + j] = ok ? (rewards[base + j] - mean) * scale : 0.0;
+    out[base + j] = static_cast<Out>(ok ? (to_acc<Acc>(rewards[base + j]) - mean) * scale : Acc(0));
   }
   if (lane == 0) counts[g] = n;
 }
@@ -125,9 +93,9 @@ extern "C" cudaError_t mpo_cuda_group_advantages(const void* rewards, int rdtype
           static_cast<float>(eps));
       break;
     case kFloat64:
-      group_advantages_kernel_f64<<<grid, block, 0, stream>>>(static_cast<const double*>(rewards), valid,
-                                                              static_cast<double*>(out), counts, num_groups,
-                                                              group_size, mode, eps);
+      group_advantages_kernel<double, double, double><<<grid, block, 0, stream>>>(
+          static_cast<const double*>(rewards), valid, static_cast<double*>(out), counts, num_groups, group_size, mode,
+          eps);
       break;
     default:
       return cudaErrorInvalidValue;
