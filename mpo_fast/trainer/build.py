@@ -121,6 +121,39 @@ def check_servers(config: MPOConfig) -> None:
         check_endpoint(config.judge.base_url, config.judge.api_key_env, "judge server")
     if config.meta.enabled and config.meta.backend == "openai":
         check_endpoint(config.meta.base_url, config.meta.api_key_env, "meta server")
+    if config.rollout.backend == "remote":
+        check_endpoint(config.rollout.base_url, config.rollout.api_key_env, "rollout server")
+    if config.rollout.backend == "vllm":
+        import importlib.util
+
+        if importlib.util.find_spec("vllm") is None:
+            raise ConfigError(
+                "rollout.backend is 'vllm' but vLLM is not installed: pip install 'mpo-fast[vllm]' (Linux with a CUDA "
+                "GPU), or use rollout.backend=hf (any device) or rollout.backend=remote (a policy served elsewhere)"
+            )
+
+
+def build_rollout(config: MPOConfig, model, tokenizer):
+    """The rollout backend rollout.backend names; None for hf, which MPOTrainer builds on the
+    training module itself (after wrapping it with LoRA)."""
+    from ..rollout.backends import create_rollout_backend
+
+    r = config.rollout
+    if r.backend == "hf":
+        return None
+    path = config.model.name_or_path
+    if r.backend == "vllm":
+        if path == "embedded":
+            raise ConfigError("rollout.backend=vllm needs a Hugging Face checkpoint directory for model.name_or_path; the "
+                              "embedded GGUF model is for CPU runs: use rollout.backend=hf with it")
+        sync = "lora_adapter" if config.lora.enabled else "full"
+        return create_rollout_backend("vllm", model=model, tokenizer=tokenizer, model_path=path, sync_mode=sync,
+                                      gpu_memory_utilization=r.gpu_memory_utilization, sleep_level=r.sleep_level,
+                                      seed=config.seed, max_lora_rank=max(config.lora.r, 8))
+    key_env = r.api_key_env if os.environ.get(r.api_key_env) else None
+    return create_rollout_backend("remote", model=model, tokenizer=tokenizer, base_url=r.base_url,
+                                  served_model=r.served_model or path, api_key_env=key_env, server=r.server,
+                                  adapter_dir=r.adapter_dir, max_concurrency=max(config.samples_per_step, 1))
 
 
 def build_judges(config: MPOConfig, policy_lm, tokenizer):
@@ -184,5 +217,5 @@ def make_trainer(config: MPOConfig, *, policy=None):
     return MPOTrainer(
         parts.model, args=config, train_dataset=parts.train_dataset, judge=parts.judge,
         meta_judge=parts.meta_judge, peft_config=parts.peft_config, processing_class=parts.tokenizer,
-        signals=parts.signals,
+        signals=parts.signals, rollout=build_rollout(config, parts.model, parts.tokenizer),
     )

@@ -60,7 +60,10 @@ class TaskSettings:
 
 @dataclass
 class RolloutSettings:
-    backend: str = "hf"  # in-process transformers generate
+    # hf: in-process transformers generate on the training module (CPU or GPU);
+    # vllm: an in-process vLLM engine colocated with the trainer (pip install 'mpo-fast[vllm]');
+    # remote: the policy served elsewhere behind an OpenAI-compatible /v1/completions endpoint.
+    backend: str = "hf"
     prompts_per_step: int = 2
     num_generations: int = 4  # group size G: samples per prompt
     max_new_tokens: int = 128
@@ -71,6 +74,20 @@ class RolloutSettings:
     # Subtracted from the reward of a response cut at max_new_tokens (the reference used 1.0 on
     # raw sums; rewards here are in [0, 1], so 0.1-0.3 is comparable). 0: off.
     missing_eos_penalty: float = 0.0
+    # remote: the server that serves the policy, e.g. http://127.0.0.1:8001/v1, and the model name it
+    # lists at /v1/models (default: model.name_or_path); its key, if any, is read from api_key_env.
+    base_url: str | None = None
+    served_model: str | None = None
+    api_key_env: str = "OPENAI_API_KEY"
+    server: str = "vllm"  # remote: vllm (exact token ids and log-probs) | openai (standard fields only)
+    # remote + LoRA: a directory the server can read; each update's adapter is saved there and loaded
+    # through vLLM's runtime LoRA endpoints. null: keeping the served policy current is up to you.
+    adapter_dir: str | None = None
+    # vllm: the share of GPU memory the engine takes, and whether it sleeps while the trainer updates
+    # (1: weights offloaded to CPU, 2: discarded and re-sent; null: never - required when
+    # pipeline.max_staleness > 0, where it generates during updates).
+    gpu_memory_utilization: float = 0.3
+    sleep_level: int | None = 1
 
 
 @dataclass
@@ -144,6 +161,29 @@ class LogSettings:
 
 
 @dataclass
+class PipelineConfig:
+    """How the stages of a step are scheduled (see mpo_fast/trainer/pipeline).
+
+    serial: MPOTrainer's own loop (generate, judge, train, then meta-refine when due).
+    overlapped: a rollout thread, an async judge pool, the trainer and a background meta-judge run
+    at once, connected by bounded queues; each sample is judged as soon as it is generated.
+    """
+
+    mode: str = "serial"  # serial | overlapped
+    # 0: exact on-policy (judging overlaps generation only); k: rollouts may come from a policy up to
+    # k updates old (generation overlaps training too), corrected with the behaviour log-probs.
+    max_staleness: int = 0
+    prompts_per_chunk: int = 1  # prompts per generate call in the producer (smaller: judged sooner)
+    judge_queue_size: int = 256  # samples generated but not yet judged (bounds producer look-ahead)
+    judge_concurrency: int = 16  # samples judged at once (judge.concurrency bounds the HTTP calls)
+    judge_timeout_s: float = 300.0  # a judgement that takes longer is masked (a hung judge)
+    train_queue_size: int = 4  # scored batches waiting for the trainer
+    rubric_swap: str = "when_ready"  # when_ready | next_step (deterministic timing)
+    stall_timeout_s: float = 1800.0  # a stage without progress this long stops the run
+    shutdown_timeout_s: float = 30.0  # how long shutdown waits for each stage
+
+
+@dataclass
 class MPOConfig:
     output_dir: str = "runs/mpo"
     seed: int = 0
@@ -157,6 +197,7 @@ class MPOConfig:
     meta: MetaSettings = field(default_factory=MetaSettings)
     train: TrainSettings = field(default_factory=TrainSettings)
     log: LogSettings = field(default_factory=LogSettings)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
 
     def __post_init__(self) -> None:
         validate(self)
@@ -340,7 +381,8 @@ _CHOICES = {
     "model.dtype": ("auto", "float32", "bfloat16", "float16"),
     "model.logprob_impl": ("auto", "fused", "logits"),
     "task.name": ("essay", "summarization", "ethics", "math"),
-    "rollout.backend": ("hf",),
+    "rollout.backend": ("hf", "vllm", "remote"),
+    "rollout.server": ("vllm", "openai"),
     "judge.backend": ("local", "openai"),
     "judge.scoring": ("parse", "constrained", "expected"),
     "judge.call_mode": ("all_items", "per_item"),
@@ -359,6 +401,7 @@ _NON_NEGATIVE = (
     "rollout.temperature", "rollout.missing_eos_penalty", "judge.temperature", "judge.max_retries",
     "train.warmup_steps", "train.weight_decay", "train.max_grad_norm", "train.clip_low", "train.clip_high",
     "train.kl_coef", "train.advantage_eps", "log.save_steps", "meta.min_steps_between", "lora.dropout",
+    "rollout.gpu_memory_utilization",
 )
 
 
@@ -424,6 +467,50 @@ def validate(config: MPOConfig) -> None:
         )
     if config.meta.backend == "openai" and not config.meta.base_url:
         raise ConfigError("meta.backend is 'openai' but meta.base_url is not set; set it, or use meta.backend=judge")
+    _validate_rollout_and_pipeline(config)
+
+
+def _validate_rollout_and_pipeline(config: MPOConfig) -> None:
+    r, p = config.rollout, config.pipeline
+    if r.backend == "remote" and not r.base_url:
+        raise ConfigError("rollout.backend is 'remote' but rollout.base_url is not set; set it to the server that serves "
+                          "the policy, e.g. http://127.0.0.1:8001/v1")
+    if r.backend == "vllm":
+        if r.sleep_level not in (None, 1, 2):
+            raise ConfigError(f"rollout.sleep_level is {r.sleep_level!r}; use 1 (offload weights), 2 (discard them) or "
+                              "null (never sleep)")
+        if not 0 < r.gpu_memory_utilization <= 1:
+            raise ConfigError(f"rollout.gpu_memory_utilization is {r.gpu_memory_utilization!r}; use a share in (0, 1], "
+                              "e.g. 0.3 leaves the trainer the rest")
+        if p.max_staleness > 0 and r.sleep_level is not None:
+            raise ConfigError("pipeline.max_staleness > 0 generates while the trainer updates, so the vLLM engine cannot "
+                              "sleep: set rollout.sleep_level=null (and a gpu_memory_utilization that leaves the trainer "
+                              "its memory), or pipeline.max_staleness=0")
+    try:
+        pipeline_settings(config)
+    except ValueError as exc:  # PipelineConfigError: names the field and the fix
+        raise ConfigError(str(exc)) from None
+    if p.mode == "overlapped" and config.judge.backend == "local" and config.judge.model == "policy":
+        raise ConfigError(
+            "pipeline.mode is 'overlapped' but judge.model is 'policy': that judge shares the policy's weights, which "
+            "the trainer updates while the judges run. Use a separate judge (judge.model=embedded, a model directory, "
+            "or judge.backend=openai), or pipeline.mode=serial"
+        )
+
+
+def pipeline_settings(config: MPOConfig):
+    """The PipelineSettings a run uses: pipeline.* plus what the rest of the config already says
+    (meta-refinement cadence and snapshot size from meta.*, the failure bound from judge.*)."""
+    from .pipeline.settings import PipelineSettings
+
+    p, m = config.pipeline, config.meta
+    return PipelineSettings(
+        mode=p.mode, max_staleness=p.max_staleness, prompts_per_chunk=p.prompts_per_chunk,
+        judge_queue_size=p.judge_queue_size, judge_concurrency=p.judge_concurrency, judge_timeout_s=p.judge_timeout_s,
+        max_failed_fraction=config.judge.max_failure_rate, train_queue_size=p.train_queue_size,
+        evolve_every=m.interval if m.enabled else 0, mpo_samples=4 * m.num_samples, rubric_swap=p.rubric_swap,
+        stall_timeout_s=p.stall_timeout_s, shutdown_timeout_s=p.shutdown_timeout_s,
+    )
 
 
 def config_json(config: MPOConfig) -> str:

@@ -61,6 +61,7 @@ class TrainResult:
     judgements: int
     last_checkpoint: str | None
     metrics: list[dict[str, Any]] = field(default_factory=list, repr=False)
+    pipeline: dict[str, Any] | None = None  # pipeline.mode=overlapped: stage busy/idle times, staleness, swaps
 
 
 def _scheduler_name(name: str) -> str:
@@ -289,19 +290,22 @@ class MPOTrainer:
     # -- the loop ---------------------------------------------------------------------------
 
     def train(self) -> TrainResult:
+        """Train to args.train.max_steps (continuing the newest checkpoint when args.resume).
+
+        pipeline.mode=overlapped runs the same stages concurrently (trainer/pipeline); the result,
+        the run files and the checkpoints are the same kind either way.
+        """
         args = self.args
         started = time.perf_counter()
-        resume_step = self._prepare_output_dir()
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        self.store = RubricStore(self.output_dir / "rubrics")
-        if resume_step is None:
-            self.rubric_version = self.store.save(self.initial_rubric, step=0, analyses=())
-        else:
-            path = ckpt.checkpoints_dir(self.output_dir) / f"step-{resume_step:06d}"
-            state = ckpt.load_checkpoint(path, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler)
-            self._load_state(state)
-            self.last_checkpoint = path
-            self.rollout.sync_weights(self.model, self.policy_version)
+        if args.pipeline.mode == "overlapped":
+            from .config import pipeline_settings
+            from .pipeline.trainer_stages import train_pipelined
+
+            report = train_pipelined(self, pipeline_settings(args), device=str(self.device))
+            result = self.summary(time.perf_counter() - started)
+            result.pipeline = report.summary()
+            return result
+        resume_step = self.start_run()
         self.run_log = RunLog(args, resume_step=resume_step)
         progress = Progress(args.train.max_steps, enabled=args.log.progress, start=self.step)
         if resume_step is not None:
@@ -319,6 +323,23 @@ class MPOTrainer:
             progress.close()
             self.run_log.close()
         return self.summary(time.perf_counter() - started)
+
+    def start_run(self) -> int | None:
+        """Prepare output_dir and the run state: a fresh rubric store, or everything the newest
+        checkpoint holds (weights, optimizer, scheduler, sampler, rubric version, counters) with the
+        rollout backend synced to the restored weights. Returns the step resumed after, or None."""
+        resume_step = self._prepare_output_dir()
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        self.store = RubricStore(self.output_dir / "rubrics")
+        if resume_step is None:
+            self.rubric_version = self.store.save(self.initial_rubric, step=0, analyses=())
+        else:
+            path = ckpt.checkpoints_dir(self.output_dir) / f"step-{resume_step:06d}"
+            state = ckpt.load_checkpoint(path, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler)
+            self._load_state(state)
+            self.last_checkpoint = path
+            self.rollout.sync_weights(self.model, self.policy_version)
+        return resume_step
 
     def save_checkpoint(self) -> Path:
         self.last_checkpoint = ckpt.save_checkpoint(

@@ -73,15 +73,29 @@ class PolicyUpdater:
             weights = [m.size / batch.size for m in micros]
         return micros, weights
 
-    def update(self, batch: TrainBatch) -> UpdateResult:
+    def update(self, batch: TrainBatch, *, behaviour_old_logp: bool = False) -> UpdateResult:
+        """One optimisation step (ppo_epochs passes) on `batch`.
+
+        behaviour_old_logp: take the importance ratio against the log-probs the rollout recorded
+        (batch.behaviour_logp) instead of the current policy's. Needed when the batch was sampled
+        by an older policy (a pipeline with max_staleness > 0): the ratio is then pi_theta / pi_behaviour
+        and the clip bounds the step from the policy that actually sampled the tokens.
+        """
         s = self.settings
         model = self.logprobs.model
         model.train()
         lr = float(self.optimizer.param_groups[0]["lr"])  # the rate this step's update uses
+        if behaviour_old_logp and batch.behaviour_logp is None:
+            raise ValueError(
+                "behaviour_old_logp=True but the batch carries no behaviour log-probs; use a rollout backend that "
+                "records them (HFRollout(record_logprobs=True), vLLM) or train on-policy (pipeline.max_staleness=0)"
+            )
         micros, weights = self._micro_batches(batch)
         refs = [self.logprobs.reference(m) if s.kl_coef > 0 else None for m in micros]
         olds: list[torch.Tensor | None] = [None] * len(micros)
-        if s.ppo_epochs > 1:
+        if behaviour_old_logp:
+            olds = [m.behaviour_logp for m in micros]
+        elif s.ppo_epochs > 1:
             # Several passes over the same rollouts: the ratio must be taken against the policy
             # that sampled them, frozen before the first optimizer step.
             with torch.no_grad():

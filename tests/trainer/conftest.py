@@ -10,6 +10,7 @@ from mpo_fast.trainer import (
     LoraSettings,
     MetaSettings,
     MPOConfig,
+    PipelineConfig,
     RolloutSettings,
     TaskSettings,
     TrainSettings,
@@ -39,7 +40,7 @@ def model(tokenizer):
     return tiny_causal_lm(tokenizer, seed=0)
 
 
-def tiny_config(tmp_path, *, train=None, rollout=None, meta=None, log=None, judge=None, **top) -> MPOConfig:
+def tiny_config(tmp_path, *, train=None, rollout=None, meta=None, log=None, judge=None, pipeline=None, **top) -> MPOConfig:
     """A config that runs in well under a second per step on the tiny model."""
     return MPOConfig(
         output_dir=str(tmp_path / "run"),
@@ -53,5 +54,6 @@ def tiny_config(tmp_path, *, train=None, rollout=None, meta=None, log=None, judg
         train=TrainSettings(**{"max_steps": 4, "learning_rate": 1e-3, "micro_batch_size": 4, "kl_coef": 0.0,
                                "lr_scheduler": "constant", **(train or {})}),
         log=LogSettings(**{"save_steps": 2, "report_to": ["none"], "progress": False, **(log or {})}),
+        pipeline=PipelineConfig(**(pipeline or {})),
         **top,
     )

@@ -115,3 +115,37 @@ def test_update_reports_kl_and_skips_nonfinite_gradients(model):
     assert result.skipped_steps == 1
     assert all(torch.equal(before[n], p) for n, p in model.named_parameters())
     assert all(p.grad is None for p in params)  # nothing left to leak into the next step
+
+
+def _updater(model, **settings):
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=0.0)  # lr 0: only the loss and its metrics are read
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+    return PolicyUpdater(PolicyLogprobs(model, temperature=1.0), opt, sched, params,
+                         TrainSettings(kl_coef=0.0, max_grad_norm=0.0, **settings), max_tokens=8,
+                         device=torch.device("cpu"))
+
+
+@pytest.mark.parametrize("ppo_epochs", [1, 2])
+def test_behaviour_old_logp_takes_the_ratio_against_the_sampling_policy(model, ppo_epochs):
+    """A stale batch: the ratio must be pi_theta / pi_behaviour, not 1 as on-policy."""
+    import dataclasses
+
+    batch = _batch(4, rows=6)
+    current = _manual_logp(model, batch, 1.0)
+    g = torch.Generator().manual_seed(7)
+    shift = (torch.rand(current.shape, generator=g) - 0.5) * 0.6  # log-ratio in [-0.3, 0.3]
+    stale = dataclasses.replace(batch, behaviour_logp=torch.where(batch.completion_mask, current - shift, 0.0))
+    on_policy = _updater(copy.deepcopy(model), ppo_epochs=ppo_epochs).update(stale)
+    assert on_policy.metrics["ratio_min"] == pytest.approx(1.0, abs=1e-5)
+    off = _updater(copy.deepcopy(model), ppo_epochs=ppo_epochs).update(stale, behaviour_old_logp=True)
+    expected = torch.exp(shift[batch.completion_mask])
+    assert off.metrics["ratio_min"] == pytest.approx(float(expected.min()), rel=1e-4)
+    assert off.metrics["ratio_max"] == pytest.approx(float(expected.max()), rel=1e-4)
+    assert off.metrics["clip_fraction"] > 0  # some |log-ratio| > log(1.2): the clip now bounds the step
+    assert off.metrics["behaviour_logp_gap"] == pytest.approx(float(shift[batch.completion_mask].abs().mean()), rel=1e-4)
+
+
+def test_behaviour_old_logp_without_recorded_logprobs_names_the_fix(model):
+    with pytest.raises(ValueError, match="record_logprobs=True.*max_staleness=0"):
+        _updater(copy.deepcopy(model)).update(_batch(1), behaviour_old_logp=True)

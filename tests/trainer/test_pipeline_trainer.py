@@ -10,7 +10,7 @@ import torch
 
 from mpo_fast.trainer import MPOTrainer
 from mpo_fast.trainer.pipeline import PipelineConfigError, PipelineSettings, compare_rewards, train_pipelined
-from mpo_fast.trainer.pipeline.off_policy import OffPolicyUpdate
+from mpo_fast.trainer.update import PolicyUpdater
 from mpo_fast.trainer.run_log import read_jsonl
 from tests.tiny_models import tiny_causal_lm
 from tests.trainer.conftest import PROMPTS, tiny_config
@@ -42,13 +42,14 @@ def test_overlapped_at_staleness_zero_trains_exactly_like_serial(tmp_path, token
 
 def test_staleness_one_trains_off_policy_against_behaviour_logprobs(tmp_path, tokenizer, monkeypatch):
     used = []
-    original = OffPolicyUpdate.update
+    original = PolicyUpdater.update
 
-    def spy(self, batch):
-        used.append(batch.behaviour_logp is not None)
-        return original(self, batch)
+    def spy(self, batch, *, behaviour_old_logp=False):
+        if behaviour_old_logp:
+            used.append(batch.behaviour_logp is not None)
+        return original(self, batch, behaviour_old_logp=behaviour_old_logp)
 
-    monkeypatch.setattr(OffPolicyUpdate, "update", spy)
+    monkeypatch.setattr(PolicyUpdater, "update", spy)
     trainer = _trainer(tmp_path, tokenizer, "stale", train={"max_steps": 5}, meta={"interval": 2})
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
     report = train_pipelined(trainer, PipelineSettings(mode="overlapped", max_staleness=1, evolve_every=2,

@@ -11,6 +11,18 @@ from .errors import JudgeFailureError
 from .protocol import ScoredBatch, ScoredSample
 
 
+def evolve_due(stages: Any, evolve_every: int, done: int, end: int) -> bool:
+    """After `done` updates of a run ending at `end`: is meta-refinement due? Every `evolve_every`
+    updates, or earlier when the stages ask for it (their optional `evolve_requested(done)`); never
+    after the last update (its rubric would score nothing) and never when evolution is off."""
+    if not evolve_every or done >= end:
+        return False
+    if done % evolve_every == 0:
+        return True
+    requested = getattr(stages, "evolve_requested", None)
+    return bool(requested is not None and requested(done))
+
+
 def check_batch(batch: ScoredBatch, *, group_size: int, max_failed_fraction: float) -> None:
     n = len(batch.samples)
     if n == 0 or n % group_size:

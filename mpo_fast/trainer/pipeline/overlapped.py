@@ -33,7 +33,7 @@ from torch.profiler import record_function
 from .batch_assembly import BatchAssembler
 from .bounded_queue import POLL_S, BoundedQueue
 from .clock import StageClock
-from .common import RecentSamples, check_batch, returns_awaitable
+from .common import RecentSamples, check_batch, evolve_due, returns_awaitable
 from .cuda_overlap import StreamSet
 from .errors import FailureBoard, PipelineError, ShutdownRequested, StageStalled
 from .protocol import PipelineStages, ScoredBatch, ScoredSample
@@ -280,10 +280,8 @@ class OverlappedPipeline:
         swap = self.rubrics.swap_at_boundary(step)
         if swap is not None:
             log.info("mpo_fast pipeline: rubric v%d installed after step %d", swap.version, step)
-        if s.evolve_every and (step + 1) % s.evolve_every == 0 and step + 1 < self._end:
-            # Takes its snapshot now and runs in the background. Never after the last update: its
-            # rubric would score nothing.
-            self._launch_meta(step)
+        if evolve_due(self.stages, s.evolve_every, step + 1, self._end):
+            self._launch_meta(step)  # takes its snapshot now and runs in the background
         self.gate.publish(step + 1)  # after the swap, so a producer at staleness 0 sees the new rubric
 
     def _stall_culprit(self) -> str:

@@ -147,3 +147,6 @@ class PipelineStages(Protocol):
     def evolve(self, rubric: "Rubric", samples: list[ScoredSample], step: int) -> "Rubric | None | Awaitable[Rubric | None]": ...
 
     def checkpoint(self, step: int, rubric_version: int, rubric: "Rubric") -> None: ...
+
+    # Optional: `evolve_requested(step) -> bool`, asked after update `step` (1-based), brings the
+    # meta-judge forward (e.g. on a reward-hacking signal). See common.evolve_due.

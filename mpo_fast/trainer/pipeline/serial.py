@@ -14,7 +14,7 @@ from typing import Any
 
 from .batch_assembly import build_batch
 from .clock import StageClock
-from .common import RecentSamples, check_batch, returns_awaitable
+from .common import RecentSamples, check_batch, evolve_due, returns_awaitable
 from .errors import FailureBoard, PipelineError
 from .protocol import PipelineStages, ScoredSample
 from .report import PipelineReport
@@ -69,8 +69,7 @@ class SerialPipeline:
                 self.gate.publish(step + 1)
                 report.record_batch(batch, staleness, metrics, time.monotonic() - t0)
                 stage = "meta-judge"
-                last = step + 1 == self.start_step + num_steps  # a rubric made now would never score anything
-                if self.settings.evolve_every and (step + 1) % self.settings.evolve_every == 0 and not last:
+                if evolve_due(self.stages, self.settings.evolve_every, step + 1, self.start_step + num_steps):
                     self._evolve(loop, step)
                 stage = "trainer"
                 with self.clocks["trainer"].busy():

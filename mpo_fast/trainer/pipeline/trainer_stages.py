@@ -29,7 +29,6 @@ from ...rubrics import Rubric
 from .. import stages as trainer_stages
 from ..batch import build_train_batch
 from . import make_pipeline
-from .off_policy import update_batch
 from .protocol import PromptItem, ScoredBatch, ScoredSample
 from .report import PipelineReport
 from .settings import PipelineConfigError, PipelineSettings
@@ -110,6 +109,9 @@ class TrainerStages:
             self.evolve = self._evolve_async  # type: ignore[method-assign]
         self.samples_log: list[dict] = []
         self._pending_row: dict | None = None
+        self.progress = None  # a run_log.Progress, set by train_pipelined
+        self._signals: list[str] = []  # reward-hacking signals of the last update
+        self._rubric_hash = getattr(trainer.rubric_version, "hash", None)
         self._t0 = time.perf_counter()
 
     # -- start-up checks ----------------------------------------------------------------------
@@ -179,6 +181,7 @@ class TrainerStages:
         t.judged += len(batch.samples)  # the trainer's counters, so its summary reads the same
         t.judge_failed += len(batch.samples) - len(keep)
         self._log_samples(batch)
+        self._signals = self._observe_signals(batch, rollouts)
         if not keep:
             for _ in range(t.args.train.ppo_epochs):  # keep the schedule aligned with the step count
                 t.scheduler.step()
@@ -188,23 +191,50 @@ class TrainerStages:
         adv = batch.advantages.detach().cpu()
         train_batch = build_train_batch([rollouts[i] for i in keep], adv[keep], pad_token_id=t.tokenizer.pad_token_id)
         t0 = time.perf_counter()
-        result = update_batch(t.updater, train_batch, off_policy=batch.step > batch.behaviour_version)
+        # A batch sampled by an older policy takes its ratio against the behaviour log-probs.
+        result = t.updater.update(train_batch, behaviour_old_logp=batch.step > batch.behaviour_version)
         t.policy_version = batch.step + 1
         metrics = {"loss": result.loss, "grad_norm": result.grad_norm, "lr": result.lr, "valid_samples": float(len(keep)),
                    "update_s": time.perf_counter() - t0, **{k: float(v) for k, v in result.metrics.items()}}
         self._pending_row = self._metrics_row(batch, metrics)
         return metrics
 
+    def _observe_signals(self, batch: ScoredBatch, rollouts: list) -> list[str]:
+        """Feed the step to the trainer's reward-hacking monitor (as MPOTrainer.train_step does)."""
+        t = self.trainer
+        if t.signals is None:
+            return []
+        from types import SimpleNamespace
+
+        scored = SimpleNamespace(rewards=torch.nan_to_num(batch.rewards.detach().cpu(), nan=0.0), valid=batch.valid.detach().cpu(),
+                                 judgements=[s.judgement for s in batch.samples if s.judgement is not None])
+        return t.signals.observe(batch.step + 1, rollouts, scored)
+
+    def evolve_requested(self, step: int) -> bool:
+        """After update `step` (1-based): do reward-hacking signals ask for meta-refinement now?"""
+        t, m = self.trainer, self.trainer.args.meta
+        if t.meta_judge is None or not m.enabled or not m.trigger_on_signals or not self._signals:
+            return False
+        return step - t.last_evolve_step >= m.min_steps_between
+
     def checkpoint(self, step: int, rubric_version: int, rubric) -> None:
         t = self.trainer
         t.step = step
         t.rubric_version = rubric
+        new_hash = getattr(rubric, "hash", None)
+        if new_hash != self._rubric_hash:
+            self._rubric_hash = new_hash
+            if t.signals is not None:
+                t.signals.rebaseline()  # the old rubric's baseline says nothing about the new one
         if getattr(t, "run_log", None) is not None:
             if self.samples_log:
                 t.run_log.samples(self.samples_log)
                 self.samples_log = []
             if self._pending_row is not None:
-                t.run_log.metrics({**self._pending_row, "rubric_version_next": getattr(rubric, "version", rubric_version)})
+                row = {**self._pending_row, "rubric_version_next": getattr(rubric, "version", rubric_version)}
+                t.run_log.metrics(row)
+                if self.progress is not None:
+                    self.progress.step(row)
                 self._pending_row = None
         save_steps = t.args.log.save_steps
         if not ((save_steps and step % save_steps == 0) or step == t.args.train.max_steps):
@@ -280,12 +310,14 @@ class TrainerStages:
         return None if new.hash == current.hash else new
 
     def evolve(self, current, samples: list[ScoredSample], step: int):
+        self.trainer.last_evolve_step = step + 1
         metas = self._meta_samples(samples)
         if not metas or self.trainer.meta_judge is None:
             return None
         return self._store(current, self.trainer.meta_judge.evolve(current.rubric, metas, step + 1), step + 1)
 
     async def _evolve_async(self, current, samples: list[ScoredSample], step: int):
+        self.trainer.last_evolve_step = step + 1
         metas = self._meta_samples(samples)
         if not metas or self.trainer.meta_judge is None:
             return None
@@ -310,7 +342,8 @@ class TrainerStages:
             "judge_calls": batch.judge_calls, "policy_version": batch.behaviour_version,
             "staleness": batch.step - batch.behaviour_version, "response_length_mean": sum(lengths) / len(lengths),
             "eos_fraction": sum(s.rollout.finished for s in batch.samples) / len(batch.samples),
-            "wall_s": time.perf_counter() - self._t0, "pipeline": self.settings.mode, **metrics,
+            "wall_s": time.perf_counter() - self._t0, "pipeline": self.settings.mode, "signals": list(self._signals),
+            **metrics,
         }
 
     def _log_samples(self, batch: ScoredBatch) -> None:
@@ -350,28 +383,36 @@ def probe_endpoint(role: str, endpoint, timeout_s: float = 10.0) -> None:
                                   "OpenAI-compatible API (it should end in /v1)?")
 
 
-def train_pipelined(trainer, settings: PipelineSettings, *, device: str | None = None) -> PipelineReport:
-    """Run `trainer` for args.train.max_steps under `settings` (a fresh run in trainer.output_dir).
+def train_pipelined(trainer, settings: PipelineSettings | None = None, *, device: str | None = None) -> PipelineReport:
+    """Run `trainer` to args.train.max_steps under `settings` (default: from trainer.args).
 
-    Writes the trainer's rubric store, checkpoints, samples.jsonl and metrics.jsonl (one row per
-    step with the pipeline's staleness and stage timings) as MPOTrainer.train does.
+    A fresh run, or with args.resume the continuation of the newest checkpoint in output_dir (the
+    weights, optimizer, scheduler, sampler, rubric version and counters it holds). Writes the
+    trainer's rubric store, checkpoints, samples.jsonl and metrics.jsonl (one row per step with the
+    pipeline's staleness and stage timings) as MPOTrainer.train does.
     """
-    from ..run_log import RunLog
+    from ..config import pipeline_settings
+    from ..run_log import Progress, RunLog
 
     a = trainer.args
-    if trainer._prepare_output_dir() is not None:
-        raise RuntimeError("resuming a pipelined run is not wired yet: start it fresh (overwrite=true)")
-    trainer.output_dir.mkdir(parents=True, exist_ok=True)
-    from ...rubrics import RubricStore
-
-    trainer.store = RubricStore(trainer.output_dir / "rubrics")
-    trainer.rubric_version = trainer.store.save(trainer.initial_rubric, step=0, analyses=())
+    if settings is None:
+        settings = pipeline_settings(a)
     # One source of truth for meta-refinement: the trainer's meta settings.
     evolving = trainer.meta_judge is not None and a.meta.enabled
     settings = dataclasses.replace(settings, evolve_every=a.meta.interval if evolving else 0, mpo_samples=4 * a.meta.num_samples)
-    stages = TrainerStages(trainer, settings)
-    trainer.run_log = RunLog(a)
+    resume_step = trainer.start_run()
+    start = trainer.step
+    stages = TrainerStages(trainer, settings)  # after the restore: a rollout copy starts from the restored weights
+    trainer.run_log = RunLog(a, resume_step=resume_step)
+    stages.progress = Progress(a.train.max_steps, enabled=a.log.progress, start=start)
+    if resume_step is not None:
+        stages.progress.message(f"resumed from {trainer.last_checkpoint} (step {start}, rubric v{trainer.rubric_version.version})")
     try:
-        return make_pipeline(stages, settings, rubric=trainer.rubric_version, device=device).run(a.train.max_steps)
+        if start >= a.train.max_steps:
+            return PipelineReport(settings.mode, settings.max_staleness, 0.0)
+        pipeline = make_pipeline(stages, settings, rubric=trainer.rubric_version, rubric_version=trainer.rubric_version.version,
+                                 start_step=start, device=device)
+        return pipeline.run(a.train.max_steps - start)
     finally:
+        stages.progress.close()
         trainer.run_log.close()
