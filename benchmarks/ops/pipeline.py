@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import logging
 import os
 import subprocess
@@ -192,34 +191,14 @@ def _torch_threads(n: int | None):
 
 
 def _profiled(device: str, name: str):
-    """torch.profiler over the overlapped_s1 run when MPO_FAST_PIPELINE_TRACE names a file: the
-    stages show as mpo.rollout.* / mpo.trainer.* / mpo.judge.* ranges on their own threads (and,
-    on CUDA, their kernels on the rollout, default and side streams)."""
+    """A profiler trace of the overlapped_s1 run when MPO_FAST_PIPELINE_TRACE names a file: the
+    stages' mpo.* ranges on their own threads (and, on CUDA, their kernels on their own streams)."""
+    from mpo_fast.trainer.pipeline.trace import profile_stages
+
     path = os.environ.get("MPO_FAST_PIPELINE_TRACE")
     if not path or name != "overlapped_s1":
         return contextlib.nullcontext(None)
-    from torch.profiler import ProfilerActivity, profile
-
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
-    try:  # the stages run on their own threads; by default only the starting thread is recorded
-        every_thread = torch._C._profiler._ExperimentalConfig(profile_all_threads=True)
-    except (AttributeError, TypeError):  # torch before 2.7 has no profile_all_threads
-        every_thread = None
-    return profile(activities=activities, experimental_config=every_thread)
-
-
-def trace_overlap(path: str) -> dict:
-    """Seconds during which a rollout range and a trainer range of the trace ran at once."""
-    events = json.loads(Path(path).read_text())["traceEvents"]
-
-    def spans(prefix):
-        return sorted((e["ts"], e["ts"] + e["dur"]) for e in events
-                      if e.get("ph") == "X" and str(e.get("name", "")).startswith(prefix))
-
-    gen, upd = spans("mpo.rollout.generate"), spans("mpo.trainer.update")
-    both = sum(max(0.0, min(a1, b1) - max(a0, b0)) for a0, a1 in gen for b0, b1 in upd)
-    return {"generate_ranges": len(gen), "update_ranges": len(upd), "generate_s": sum(b - a for a, b in gen) / 1e6,
-            "update_s": sum(b - a for a, b in upd) / 1e6, "overlap_s": both / 1e6}
+    return profile_stages(path, device=device)
 
 
 def run(ctx: BenchContext) -> Iterator[dict]:
@@ -244,8 +223,9 @@ def run(ctx: BenchContext) -> Iterator[dict]:
                 with _torch_threads(threads), _profiled(device, name) as prof:
                     report = train_pipelined(trainer, settings, device=device)
                 trace = None
-                if prof is not None:
-                    prof.export_chrome_trace(os.environ["MPO_FAST_PIPELINE_TRACE"])
+                if prof is not None:  # written when the profiled block ended
+                    from mpo_fast.trainer.pipeline.trace import trace_overlap
+
                     trace = trace_overlap(os.environ["MPO_FAST_PIPELINE_TRACE"])
                 after = server.stats()
             reports[name] = report

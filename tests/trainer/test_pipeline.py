@@ -292,3 +292,36 @@ def test_side_stream_advantages_reach_the_trainer_stream():
         event = streams.record("side")
     streams.wait(event, doubled)
     assert torch.equal(doubled.cpu(), host * 2)
+
+
+# -- profiler trace -------------------------------------------------------------------------------
+
+def test_profiler_trace_shows_generation_overlapping_updates_only_when_overlapped(tmp_path):
+    """The trace records every stage thread; generation and updates overlap at max_staleness=1 and
+    never in the serial schedule (the same measurement shows the CUDA streams on a GPU)."""
+    from mpo_fast.trainer.pipeline.trace import profile_stages, trace_overlap
+
+    kw = dict(gen_s=0.03, train_s=0.03)
+    with profile_stages(tmp_path / "overlapped.json"):
+        run(FakeStages(**kw), overlapped(max_staleness=1), 6)
+    with profile_stages(tmp_path / "serial.json"):
+        run(FakeStages(**kw), serial(), 6)
+    ovl, ser = trace_overlap(tmp_path / "overlapped.json"), trace_overlap(tmp_path / "serial.json")
+    assert ovl["generate_ranges"] == 12 and ovl["update_ranges"] == 6 and ovl["threads"] == 2
+    assert ovl["overlap_s"] > 0.25 * min(ovl["generate_s"], ovl["update_s"]), ovl
+    assert ser["generate_ranges"] == 12 and ser["update_ranges"] == 6 and ser["overlap_s"] == 0.0, ser
+
+
+def test_trace_overlap_counts_nested_and_repeated_ranges_once(tmp_path):
+    import json
+
+    from mpo_fast.trainer.pipeline.trace import trace_overlap
+
+    def x(name, ts, dur, tid):
+        return {"ph": "X", "name": name, "ts": ts, "dur": dur, "tid": tid}
+
+    events = [x("mpo.rollout.generate", 0, 100, 1), x("mpo.rollout.generate", 10, 20, 1),  # nested
+              x("mpo.trainer.update", 50, 100, 2), x("mpo.trainer.update", 300, 10, 2), x("other", 0, 1000, 3)]
+    (tmp_path / "t.json").write_text(json.dumps({"traceEvents": events}))
+    got = trace_overlap(tmp_path / "t.json")
+    assert got["generate_s"] == 0.0001 and got["update_s"] == 0.00011 and got["overlap_s"] == 0.00005

@@ -12,6 +12,8 @@ import asyncio
 import time
 from typing import Any
 
+from torch.profiler import record_function
+
 from .batch_assembly import build_batch
 from .clock import StageClock
 from .common import RecentSamples, check_batch, evolve_due, returns_awaitable
@@ -63,9 +65,12 @@ class SerialPipeline:
                 stage = "trainer"
                 staleness = self.gate.check(step, batch.behaviour_version)
                 with self.clocks["trainer"].busy(items=len(samples)):
-                    batch.advantages = self.stages.advantages(batch)
-                    metrics = dict(self.stages.update(batch))
-                    self.stages.publish_weights(step + 1)
+                    with record_function("mpo.judge.advantages"):
+                        batch.advantages = self.stages.advantages(batch)
+                    with record_function("mpo.trainer.update"):
+                        metrics = dict(self.stages.update(batch))
+                    with record_function("mpo.trainer.publish_weights"):
+                        self.stages.publish_weights(step + 1)
                 self.gate.publish(step + 1)
                 report.record_batch(batch, staleness, metrics, time.monotonic() - t0)
                 stage = "meta-judge"
@@ -96,7 +101,7 @@ class SerialPipeline:
         clock, group = self.clocks["rollout"], self.stages.group_size
         version = self.gate.version
         if version != self._loaded:
-            with clock.busy():
+            with clock.busy(), record_function("mpo.rollout.sync_weights"):
                 self.stages.sync_rollout_weights(version)
             self._loaded = version
         rubric_version, rubric = self.rubrics.current()
@@ -105,7 +110,7 @@ class SerialPipeline:
         samples = []
         for lo in range(0, len(prompts), chunk_size):
             chunk = prompts[lo:lo + chunk_size]
-            with clock.busy(items=len(chunk) * group):
+            with clock.busy(items=len(chunk) * group), record_function("mpo.rollout.generate"):
                 rollouts = self.stages.generate(chunk, step=step, policy_version=version)
             if len(rollouts) != len(chunk) * group:
                 raise ValueError(f"generate returned {len(rollouts)} rollouts for {len(chunk)} prompts x group_size {group}")
