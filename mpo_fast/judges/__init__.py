@@ -4,11 +4,11 @@ Scoring modes (issue 8): parse, constrained, expected; call modes: per_item, all
 mpo_fast/judges/judge.py for the RM, meta.py for the MRM, and hacking.py for the signals that
 can trigger the MRM early.
 """
+from ..http_client import EndpointConfig, EndpointError
 from .cache import JudgeCache, judgement_key
 from .constrained import Constraint
 from .expected import ChoiceDistribution, ScoreChoices
 from .hacking import HackingDetector, HackingSignal
-from .http_client import EndpointConfig, EndpointError
 from .judge import RubricJudge
 from .llm import LLM, Generation
 from .local import LocalJudge

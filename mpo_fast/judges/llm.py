@@ -47,6 +47,30 @@ class Generation:
         return self.error is None
 
 
+def per_row_constraints(constraints: Sequence[Constraint | None] | None, rows: int) -> list[Constraint | None]:
+    """One constraint (or None) per conversation of a `generate` call; None means no row is constrained."""
+    if constraints is None:
+        return [None] * rows
+    if len(constraints) != rows:
+        raise ValueError(f"{len(constraints)} constraints for {rows} conversations; give one per row")
+    return list(constraints)
+
+
+def check_choice_rows(conversations: Sequence[Conversation], prefills: Sequence[str], choices: Sequence[ScoreChoices]) -> None:
+    """`score_choices` takes one prefill and one choice set per conversation."""
+    if not (len(conversations) == len(prefills) == len(choices)):
+        raise ValueError("score_choices needs one prefill and one choice set per conversation")
+
+
+def cut_at_stop(text: str, stop: Sequence[str] | None) -> tuple[str, bool]:
+    """`text` up to the first stop string it contains, and whether one was found.
+
+    Models (and some servers, in edge cases) keep the stop string and text after it.
+    """
+    cut = min((text.find(s) for s in stop or () if s in text), default=-1)
+    return (text[:cut], True) if cut >= 0 else (text, False)
+
+
 @runtime_checkable
 class LLM(Protocol):
     """What a judge calls.

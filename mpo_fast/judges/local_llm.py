@@ -15,7 +15,7 @@ import torch
 
 from .constrained import Constraint, GrammarCompiler
 from .expected import ChoiceDistribution, ScoreChoices
-from .llm import Conversation, Generation
+from .llm import Conversation, Generation, check_choice_rows, cut_at_stop, per_row_constraints
 from .local_scoring import LocalChoiceScorer
 
 
@@ -83,13 +83,11 @@ class LocalLLM:
     ) -> list[Generation]:
         if top_logprobs:
             raise ValueError("LocalLLM scores choices exactly with score_choices; top_logprobs is for servers")
-        if constraints is not None and len(constraints) != len(conversations):
-            raise ValueError(f"{len(constraints)} constraints for {len(conversations)} conversations; give one per row")
-        return await asyncio.to_thread(self._generate_sync, list(conversations), max_tokens, temperature, constraints, stop)
+        cons = per_row_constraints(constraints, len(conversations))
+        return await asyncio.to_thread(self._generate_sync, list(conversations), max_tokens, temperature, cons, stop)
 
-    def _generate_sync(self, conversations, max_tokens, temperature, constraints, stop) -> list[Generation]:
+    def _generate_sync(self, conversations, max_tokens, temperature, cons, stop) -> list[Generation]:
         prompts = [self.render(c) for c in conversations]
-        cons = list(constraints) if constraints is not None else [None] * len(prompts)
         # Constrained and free rows cannot share a logits processor: batch them apart.
         groups: dict[bool, list[int]] = {}
         for i, c in enumerate(cons):
@@ -145,10 +143,8 @@ class LocalLLM:
                     n, finished = j, True
                     break
             text = tok.decode(row[:n], skip_special_tokens=True)
-            if stop:
-                cut = min((text.find(s) for s in stop if s in text), default=-1)
-                if cut >= 0:
-                    text, finished = text[:cut], True
+            text, cut = cut_at_stop(text, stop)
+            finished = finished or cut
             error = None
             if processor is not None and r in processor.rejected_rows:
                 error = "constraint: the grammar refused a sampled token"
@@ -171,8 +167,7 @@ class LocalLLM:
         prefills: Sequence[str],
         choices: Sequence[ScoreChoices],
     ) -> list[ChoiceDistribution]:
-        if not (len(conversations) == len(prefills) == len(choices)):
-            raise ValueError("score_choices needs one prefill and one choice set per conversation")
+        check_choice_rows(conversations, prefills, choices)
         return await asyncio.to_thread(self._score_sync, list(conversations), list(prefills), list(choices))
 
     def _score_sync(self, conversations, prefills, choices) -> list[ChoiceDistribution]:

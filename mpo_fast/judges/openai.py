@@ -2,8 +2,8 @@
 server, hosted APIs), with the limits, retries and rate limits of `EndpointConfig`."""
 from __future__ import annotations
 
+from ..http_client import EndpointConfig
 from .cache import JudgeCache
-from .http_client import EndpointConfig
 from .judge import RubricJudge
 from .openai_llm import OpenAICompatibleLLM
 from .settings import JudgeSettings

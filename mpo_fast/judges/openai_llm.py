@@ -13,10 +13,10 @@ import asyncio
 import logging
 from typing import Any, Sequence
 
+from ..http_client import BadResponse, EndpointClient, EndpointConfig, EndpointError
 from .constrained import Constraint, preferred_form, request_fields
 from .expected import ChoiceDistribution, ScoreChoices, walk_top_logprobs
-from .http_client import BadResponse, EndpointClient, EndpointConfig, EndpointError
-from .llm import Conversation, Generation, TokenLogprobs
+from .llm import Conversation, Generation, TokenLogprobs, check_choice_rows, cut_at_stop, per_row_constraints
 
 log = logging.getLogger("mpo_fast")
 
@@ -161,9 +161,7 @@ class OpenAICompatibleLLM:
         top_logprobs: int = 0,
     ) -> list[Generation]:
         await self.prepare()
-        if constraints is not None and len(constraints) != len(conversations):
-            raise ValueError(f"{len(constraints)} constraints for {len(conversations)} conversations; give one per row")
-        cons = list(constraints) if constraints is not None else [None] * len(conversations)
+        cons = per_row_constraints(constraints, len(conversations))
         return list(await asyncio.gather(*(
             self._chat(c, k, max_tokens, temperature, stop, top_logprobs) for c, k in zip(conversations, cons)
         )))
@@ -189,11 +187,8 @@ class OpenAICompatibleLLM:
             )
         except EndpointError as exc:
             return Generation(text="", finish_reason="error", error=f"http:{exc.kind}: {exc}", calls=exc.attempts)
-        if stop:
-            # Servers drop the stop string; some keep it (and text after it) in edge cases.
-            cut = min((text.find(s) for s in stop if s in text), default=-1)
-            if cut >= 0:
-                text = text[:cut]
+        # Servers drop the stop string; some keep it (and text after it) in edge cases.
+        text, _ = cut_at_stop(text, stop)
         return Generation(text=text, finish_reason=finish, completion_tokens=done_tokens, prompt_tokens=prompt_tokens,
                           calls=attempts, logprobs=logprobs)
 
@@ -222,8 +217,7 @@ class OpenAICompatibleLLM:
             raise RuntimeError(
                 f"{self.endpoint.base_url}: expected scores by prefill need logprobs='completions' and a chat_template"
             )
-        if not (len(conversations) == len(prefills) == len(choices)):
-            raise ValueError("score_choices needs one prefill and one choice set per conversation")
+        check_choice_rows(conversations, prefills, choices)
         return list(await asyncio.gather(*(
             self._score_one(self._renderer.render(c) + p, ch) for c, p, ch in zip(conversations, prefills, choices)
         )))

@@ -146,7 +146,7 @@ class RemoteCompletionsRollout:
                  api_key_env: str | None = None, max_concurrency: int = 16, timeout_s: float = 600.0, max_retries: int = 2,
                  n_per_request: int | None = None, stop: Sequence[str] | None = None, extra_body: dict | None = None,
                  adapter_dir: str | Path | None = None, transport=None):
-        from ..judges.http_client import EndpointClient, EndpointConfig
+        from ..http_client import EndpointClient, EndpointConfig
 
         if server not in SERVERS:
             raise ValueError(f"server={server!r}; expected one of {SERVERS} ('openai' sends only standard fields)")

@@ -8,9 +8,9 @@ import pytest
 
 from mpo_fast.judges import EndpointConfig, JudgeRequest, JudgeSettings, OpenAIJudge
 from mpo_fast.judges.expected import ScoreChoices
-from mpo_fast.judges.http_client import EndpointClient, retry_after_seconds
+from mpo_fast.http_client import EndpointClient, retry_after_seconds
 from mpo_fast.judges.openai_llm import OpenAICompatibleLLM
-from mpo_fast.judges.ratelimit import RateLimiter, TokenBucket
+from mpo_fast.ratelimit import RateLimiter, TokenBucket
 from mpo_fast.parsing import ScoreSpec
 from mpo_fast.rubrics import Rubric, RubricItem
 from tests.judges.fakes import score_names, tags

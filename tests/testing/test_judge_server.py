@@ -8,7 +8,7 @@ import time
 import httpx
 import pytest
 
-from mpo_fast.judges.http_client import EndpointConfig
+from mpo_fast.http_client import EndpointConfig
 from mpo_fast.judges.judge import JudgeSettings
 from mpo_fast.judges.openai import OpenAIJudge
 from mpo_fast.judges.types import JudgeRequest
