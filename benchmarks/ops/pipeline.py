@@ -74,7 +74,7 @@ class Workload:
 QUICK = Workload("quick", "tiny", False, 2, 4, 32, 4, 2, 4,
                  dict(base_s=0.03, decode_s_per_token=0.002, prefill_s_per_token=0.00002, rationale_tokens=40,
                       free_text_tokens=120, capacity=64))
-FULL = Workload("full", "embedded", True, 2, 4, 64, 4, 2, 4,
+FULL = Workload("full", "embedded", True, 2, 4, 64, 6, 2, 4,
                 dict(base_s=0.04, decode_s_per_token=0.010, prefill_s_per_token=0.00002, rationale_tokens=48,
                      free_text_tokens=160, capacity=64))
 
@@ -201,6 +201,10 @@ def _profiled(device: str, name: str):
     return profile_stages(path, device=device)
 
 
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 2) if a and b else None
+
+
 def run(ctx: BenchContext) -> Iterator[dict]:
     from mpo_fast.models.embedded import load_embedded_tokenizer
     from mpo_fast.trainer.pipeline import PipelineSettings, compare_rewards, train_pipelined
@@ -243,6 +247,9 @@ def run(ctx: BenchContext) -> Iterator[dict]:
                 "judge_calls": summary["judge_calls"],
                 "judge_calls_per_s": summary["judge_calls_per_s"],
                 "speedup_vs_serial_reference": round(report.samples_per_s / ref.samples_per_s, 2),
+                # once the pipeline is full (steps after the first): what a long run sees
+                "steady_samples_per_s": summary["steady_samples_per_s"],
+                "steady_speedup_vs_serial_reference": _ratio(report.steady_samples_per_s, ref.steady_samples_per_s),
                 "speedup_vs_serial_batched": round(report.samples_per_s / batched.samples_per_s, 2) if batched else None,
                 "max_observed_staleness": summary["max_observed_staleness"],
                 "rubric_swaps": summary["rubric_swaps"],

@@ -146,7 +146,9 @@ def build_rollout(config: MPOConfig, model, tokenizer):
         if path == "embedded":
             raise ConfigError("rollout.backend=vllm needs a Hugging Face checkpoint directory for model.name_or_path; the "
                               "embedded GGUF model is for CPU runs: use rollout.backend=hf with it")
-        sync = "lora_adapter" if config.lora.enabled else "full"
+        # LoRA: the engine loads each update's adapter; with max_staleness > 0 the producer instead
+        # takes a snapshot of the merged weights between updates (an adapter cannot be snapshotted).
+        sync = ("merged_lora" if config.pipeline.max_staleness > 0 else "lora_adapter") if config.lora.enabled else "full"
         return create_rollout_backend("vllm", model=model, tokenizer=tokenizer, model_path=path, sync_mode=sync,
                                       gpu_memory_utilization=r.gpu_memory_utilization, sleep_level=r.sleep_level,
                                       seed=config.seed, max_lora_rank=max(config.lora.r, 8))

@@ -325,3 +325,14 @@ def test_trace_overlap_counts_nested_and_repeated_ranges_once(tmp_path):
     (tmp_path / "t.json").write_text(json.dumps({"traceEvents": events}))
     got = trace_overlap(tmp_path / "t.json")
     assert got["generate_s"] == 0.0001 and got["update_s"] == 0.00011 and got["overlap_s"] == 0.00005
+
+
+def test_steady_throughput_leaves_out_the_pipeline_fill():
+    from mpo_fast.trainer.pipeline import PipelineReport, StepRecord
+
+    report = PipelineReport("overlapped", 1, wall_s=40.0)
+    for step, done in enumerate([10.0, 20.0, 30.0, 40.0]):  # the first step also paid the fill
+        report.steps.append(StepRecord(step, step, 0, 0, 8, 0, 8, 0.5, {}, done))
+    assert report.steady_samples_per_s == pytest.approx(24 / 30.0)
+    assert report.summary()["steady_samples_per_s"] == pytest.approx(0.8)
+    assert PipelineReport("serial", 0, wall_s=1.0).steady_samples_per_s is None

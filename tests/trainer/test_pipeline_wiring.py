@@ -185,3 +185,37 @@ def test_rollout_backends_are_built_or_refused_at_start_up(monkeypatch):
         check_servers(vllm)
     with pytest.raises(ConfigError, match="embedded GGUF model is for CPU runs"):
         build_rollout(vllm, model=None, tokenizer=None)
+
+
+@pytest.mark.parametrize(("lora", "staleness", "sync"), [(True, 0, "lora_adapter"), (True, 1, "merged_lora"),
+                                                        (False, 1, "full")])
+def test_vllm_backend_syncs_in_the_mode_the_schedule_can_use(monkeypatch, lora, staleness, sync):
+    import mpo_fast.rollout.backends as backends
+    from mpo_fast.trainer.build import build_rollout
+
+    built = {}
+    monkeypatch.setattr(backends, "create_rollout_backend", lambda name, **kw: built.update(name=name, **kw) or "engine")
+    cfg = MPOConfig.from_dict({"judge": {"model": "embedded"}, "lora": {"enabled": lora},
+                               "model": {"name_or_path": "/models/policy"},
+                               "rollout": {"backend": "vllm", "sleep_level": None if staleness else 1},
+                               "pipeline": {"mode": "overlapped", "max_staleness": staleness}})
+    assert build_rollout(cfg, model=None, tokenizer=None) == "engine"
+    assert (built["name"], built["model_path"], built["sync_mode"]) == ("vllm", "/models/policy", sync)
+
+
+def test_a_stale_pipeline_refuses_a_vllm_engine_that_syncs_adapters(tmp_path, tokenizer):
+    from mpo_fast.trainer.pipeline import PipelineConfigError, PipelineSettings
+    from mpo_fast.trainer.pipeline.trainer_stages import TrainerStages
+
+    class VLLMRollout:  # the stages recognise the engine by its class name
+        sleep_level = None
+        sync_mode = "lora_adapter"
+
+        def close(self):
+            pass
+
+    trainer = _trainer(tmp_path, tokenizer)
+    trainer.rollout = VLLMRollout()
+    with pytest.raises(PipelineConfigError, match="sync_mode='merged_lora'"):
+        TrainerStages(trainer, PipelineSettings(mode="overlapped", max_staleness=1))
+    TrainerStages(trainer, PipelineSettings(mode="overlapped", max_staleness=0))  # on-policy: adapters are fine

@@ -80,6 +80,15 @@ class PipelineReport:
         return self.num_samples / self.wall_s if self.wall_s > 0 else 0.0
 
     @property
+    def steady_samples_per_s(self) -> float | None:
+        """Samples/s once the pipeline is full: the steps after the first, over the time between the
+        first and the last step finishing (a long run's throughput; None with fewer than 2 steps)."""
+        if len(self.steps) < 2:
+            return None
+        span = self.steps[-1].finished_at_s - self.steps[0].finished_at_s
+        return sum(s.num_samples for s in self.steps[1:]) / span if span > 0 else None
+
+    @property
     def judge_calls_per_s(self) -> float:
         return self.judge_calls / self.wall_s if self.wall_s > 0 else 0.0
 
@@ -110,6 +119,7 @@ class PipelineReport:
             "samples": self.num_samples,
             "wall_s": round(self.wall_s, 3),
             "samples_per_s": round(self.samples_per_s, 4),
+            "steady_samples_per_s": round(self.steady_samples_per_s, 4) if self.steady_samples_per_s else None,
             "judge_calls": self.judge_calls,
             "judge_calls_per_s": round(self.judge_calls_per_s, 3),
             "max_observed_staleness": self.max_observed_staleness,

@@ -102,6 +102,11 @@ class TrainerStages:
                     "pipeline.max_staleness > 0 build VLLMRollout(sleep_level=None) and a gpu_memory_utilization "
                     "that leaves the trainer its memory"
                 )
+            if settings.max_staleness > 0 and getattr(backend, "sync_mode", None) == "lora_adapter":
+                raise PipelineConfigError(
+                    "with pipeline.max_staleness > 0 the trainer hands the engine a snapshot of the weights between "
+                    "updates, which a LoRA adapter sync cannot take: build VLLMRollout(sync_mode='merged_lora')"
+                )
         else:
             self._kind = "push"  # remote or custom backends: pushed from the trainer thread between updates
         meta = trainer.meta_judge
