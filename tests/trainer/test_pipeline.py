@@ -6,6 +6,7 @@ under a second or two of wall time and almost no CPU.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import threading
@@ -336,3 +337,26 @@ def test_steady_throughput_leaves_out_the_pipeline_fill():
     assert report.steady_samples_per_s == pytest.approx(24 / 30.0)
     assert report.summary()["steady_samples_per_s"] == pytest.approx(0.8)
     assert PipelineReport("serial", 0, wall_s=1.0).steady_samples_per_s is None
+
+
+def test_meta_refinement_due_before_the_new_rubric_scored_anything_is_deferred_not_dropped():
+    """Right after a swap (max_staleness > 0) no trained step carries the current rubric: the due
+    meta-judge runs at the first boundary that has such samples instead of being skipped."""
+    from mpo_fast.trainer.pipeline import OverlappedPipeline
+
+    stages = FakeStages()
+    pipe = OverlappedPipeline(stages, overlapped(max_staleness=1, evolve_every=2, mpo_samples=4), rubric=base_rubric())
+    pipe._end = 10
+    pipe.rubrics.stage(base_rubric())
+    pipe.rubrics.swap_at_boundary(2)  # version 1 installed; nothing scored by it yet
+    launched = []
+    pipe._evolve_sync = lambda fut, rubric, samples, step: launched.append((step, len(samples)))
+    pipe._step_boundary(3)  # 4 updates done: due, but no sample of version 1 -> deferred
+    assert launched == [] and pipe._meta_deferred
+    r = Rollout(0, 0, [1], [2], "x", None, True, 0)
+    for i in range(2):
+        pipe.recent.add(ScoredSample(4, 0, None, dataclasses.replace(r, sample_index=i), 1, base_rubric()))
+    pipe._step_boundary(4)  # not due by the interval, but deferred: launches with the new samples
+    for t in [t for t in threading.enumerate() if t.name == "mpo-meta"]:
+        t.join(5)
+    assert [step for step, _ in launched] == [4] and launched[0][1] == 2 and not pipe._meta_deferred

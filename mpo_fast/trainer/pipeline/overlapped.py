@@ -69,6 +69,7 @@ class OverlappedPipeline:
         self._meta_started_at_step: int | None = None
         self._timeouts = 0
         self._meta_runs = 0
+        self._meta_deferred = False  # due, but no trained sample of the current rubric yet
         self._end = start_step
         self._t0 = 0.0
 
@@ -280,7 +281,8 @@ class OverlappedPipeline:
         swap = self.rubrics.swap_at_boundary(step)
         if swap is not None:
             log.info("mpo_fast pipeline: rubric v%d installed after step %d", swap.version, step)
-        if evolve_due(self.stages, s.evolve_every, step + 1, self._end):
+        deferred = self._meta_deferred and step + 1 < self._end
+        if evolve_due(self.stages, s.evolve_every, step + 1, self._end) or deferred:
             self._launch_meta(step)  # takes its snapshot now and runs in the background
         self.gate.publish(step + 1)  # after the swap, so a producer at staleness 0 sees the new rubric
 
@@ -297,7 +299,11 @@ class OverlappedPipeline:
         version, rubric = self.rubrics.current()
         samples = self.recent.snapshot(version, self.settings.mpo_samples, step)
         if not samples:
+            # Just after a swap, with steps in flight, no trained step was scored by the current
+            # rubric yet: the refinement waits for the first boundary that has some (not dropped).
+            self._meta_deferred = True
             return
+        self._meta_deferred = False
         self._meta_started_at_step = step
         if returns_awaitable(self.stages.evolve):
             self._meta = asyncio.run_coroutine_threadsafe(self._evolve_async(rubric, samples, step), self._loop)
