@@ -8,7 +8,8 @@
     mpo-fast rubric diff RUN_DIR [A B]                  what changed (default: first -> latest)
 
 Exit status: 0 done, 2 bad input (config, data, rubric, unreachable judge: nothing trained),
-3 stopped by the judge failure rate (last checkpoint intact), 130 interrupted.
+3 stopped by the judge failure rate (last checkpoint intact), 4 a pipeline stage failed
+(pipeline.mode=overlapped; every stage stopped, last checkpoint intact), 130 interrupted.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from typing import Sequence
 
 EXIT_BAD_INPUT = 2
 EXIT_JUDGE_FAILURES = 3
+EXIT_STAGE_FAILED = 4
 EXIT_INTERRUPTED = 130
 
 
@@ -111,17 +113,23 @@ def run_config(config, *, started: float):
         trainer = make_trainer(config)
     except _SETUP_ERRORS as exc:
         raise BadInput(str(exc)) from exc
+    from .trainer.pipeline import PipelineConfigError
+
     try:
-        trainer.train()
+        result = trainer.train()
+    except PipelineConfigError as exc:  # refused at pipeline start-up, before any step
+        raise BadInput(str(exc)) from exc
     finally:
         trainer.close()
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    summary = summarise_run(
-        config.output_dir, wall_seconds=time.perf_counter() - started,
-        **{"judge scoring": f"{config.judge.scoring}/{config.judge.call_mode}",
-           # CPU seconds of this process: on a shared machine, the work done independent of the wait
-           "cpu time": f"{usage.ru_utime + usage.ru_stime:.0f} s", "threads": torch_threads()},
-    )
+    extra = {"judge scoring": f"{config.judge.scoring}/{config.judge.call_mode}",
+             # CPU seconds of this process: on a shared machine, the work done independent of the wait
+             "cpu time": f"{usage.ru_utime + usage.ru_stime:.0f} s", "threads": torch_threads()}
+    if result.pipeline is not None:
+        p = result.pipeline
+        extra["pipeline"] = (f"{p['mode']}, max_staleness {p['max_staleness']}: {p['samples_per_s']:.3g} samples/s, "
+                             f"{p['judge_calls_per_s']:.3g} judge calls/s, staleness <= {p['max_observed_staleness']}")
+    summary = summarise_run(config.output_dir, wall_seconds=time.perf_counter() - started, **extra)
     write_summary(summary)
     render_summary(summary)
     return summary
@@ -147,6 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from .rubrics import RubricNotFoundError, RubricStoreError
     from .trainer import CheckpointError, JudgeFailureRateError, OutputDirInUseError
+    from .trainer.pipeline import JudgeFailureError, PipelineError
 
     try:
         if args.command == "rubric":
@@ -170,6 +179,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except JudgeFailureRateError as exc:
         _error(str(exc))
         return EXIT_JUDGE_FAILURES
+    except PipelineError as exc:
+        _error(f"pipeline stopped: {exc}. Every stage was stopped and the last checkpoint is intact: fix the cause "
+               "and continue with resume=true")
+        return EXIT_JUDGE_FAILURES if isinstance(exc, JudgeFailureError) else EXIT_STAGE_FAILED
     except KeyboardInterrupt:
         _error("interrupted; resume with resume=true (the last checkpoint is intact)")
         return EXIT_INTERRUPTED

@@ -59,6 +59,9 @@ def _config(tmp_path, tiny_dir, **sections) -> str:
         (["judge.backend=openai", "judge.base_url=http://127.0.0.1:9/v1"], "unreachable"),
         (["judge.backend=openai"], "judge.base_url is not set"),
         (["model.name_or_path=/nonexistent/model"], "cannot load model '/nonexistent/model'"),
+        (["pipeline.mode=overlapped"], "judge.model is 'policy': that judge shares the policy's weights"),
+        (["pipeline.mode=overlapped", "pipeline.max_staleness=7"], "pipeline.max_staleness = 7: expected an integer in 0..4"),
+        (["rollout.backend=remote", "rollout.base_url=http://127.0.0.1:9/v1"], "rollout server at http://127.0.0.1:9/v1"),
     ],
 )
 def test_bad_input_fails_before_training_naming_the_fix(tmp_path, tiny_dir, capsys, args, message):
@@ -119,3 +122,21 @@ def test_rubric_show_of_a_file(tmp_path, capsys):
     save_rubric_file(get_task("math").initial_rubric(), path)
     assert main(["rubric", "show", str(path)]) == 0
     assert "task math" in capsys.readouterr().out
+
+
+def test_train_overlapped_from_the_command_line_then_resume(tmp_path, tiny_dir, capsys):
+    """pipeline.mode=overlapped through the CLI: a separate judge model, max_staleness=1, a summary
+    line for the pipeline, and a resumed run that continues the same schedule."""
+    config = _config(tmp_path, tiny_dir, judge={"model": str(tiny_dir)})
+    overrides = ["pipeline.mode=overlapped", "pipeline.max_staleness=1", "pipeline.judge_timeout_s=60",
+                 "pipeline.stall_timeout_s=120"]
+    assert main(["train", "--config", config, *overrides]) == 0
+    out = capsys.readouterr().out
+    assert "overlapped, max_staleness 1:" in out
+    run = tmp_path / "run"
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2] and all(r["pipeline"] == "overlapped" and r["staleness"] <= 1 for r in rows)
+    assert main(["train", "--config", config, *overrides, "resume=true", "train.max_steps=3"]) == 0
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3]
+
