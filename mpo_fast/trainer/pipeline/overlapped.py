@@ -30,36 +30,28 @@ from typing import Any
 
 from torch.profiler import record_function
 
+from .base import PipelineBase
 from .batch_assembly import BatchAssembler
 from .bounded_queue import POLL_S, BoundedQueue
 from .clock import StageClock
-from .common import RecentSamples, check_batch, evolve_due, returns_awaitable
+from .common import check_batch, evolve_due, returns_awaitable
 from .cuda_overlap import StreamSet
-from .errors import FailureBoard, PipelineError, ShutdownRequested, StageStalled
+from .errors import PipelineError, ShutdownRequested, StageStalled
 from .protocol import PipelineStages, ScoredBatch, ScoredSample
 from .report import PipelineReport
-from .rubric_board import RubricBoard
 from .settings import PipelineSettings
-from .staleness import StalenessGate
 
 log = logging.getLogger("mpo_fast")
 
 
-class OverlappedPipeline:
+class OverlappedPipeline(PipelineBase):
+    mode, other = "overlapped", "SerialPipeline"
+
     def __init__(self, stages: PipelineStages, settings: PipelineSettings, *, rubric: Any, rubric_version: int = 0,
                  start_step: int = 0, device: str | None = None):
-        if settings.mode != "overlapped":
-            raise ValueError(f"OverlappedPipeline needs settings.mode='overlapped', got {settings.mode!r}; use SerialPipeline")
-        self.stages = stages
-        self.settings = settings
-        self.start_step = start_step
-        self.board = FailureBoard()
-        self.gate = StalenessGate(settings.max_staleness, start_step, self.board)
-        self.rubrics = RubricBoard(rubric, rubric_version)
+        super().__init__(stages, settings, rubric=rubric, rubric_version=rubric_version, start_step=start_step, device=device)
         self.streams = StreamSet(device)
-        self.clocks = {name: StageClock(name) for name in ("rollout", "judge", "trainer", "meta")}
         self.train_queue: BoundedQueue[ScoredBatch] = BoundedQueue("train", settings.train_queue_size, self.board)
-        self.recent = RecentSamples(settings.mpo_samples + settings.max_staleness + 1)
         self._slots = threading.Semaphore(settings.judge_queue_size)
         self._assembler = BatchAssembler(stages.group_size)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -67,8 +59,6 @@ class OverlappedPipeline:
         self._tasks: set[asyncio.Task] = set()
         self._meta: concurrent.futures.Future | None = None
         self._meta_started_at_step: int | None = None
-        self._timeouts = 0
-        self._meta_runs = 0
         self._meta_deferred = False  # due, but no trained sample of the current rubric yet
         self._end = start_step
         self._t0 = 0.0
@@ -100,10 +90,7 @@ class OverlappedPipeline:
             self.board.fail("trainer", e)
         finally:
             abandoned = self._shutdown([producer, judge_thread])
-            report.wall_s = time.monotonic() - self._t0
-            report.stages = {name: c.stats(report.wall_s) for name, c in self.clocks.items()}
-            report.rubric_swaps = [(s.step, s.version) for s in self.rubrics.history]
-            report.judge_timeouts = self._timeouts
+            self._finish_report(report, time.monotonic() - self._t0)
         err = self.board.as_pipeline_error()
         if err is not None:
             if abandoned:
@@ -202,23 +189,9 @@ class OverlappedPipeline:
         task.add_done_callback(self._tasks.discard)
 
     async def _judge_one(self, sample: ScoredSample) -> None:
-        clock, s = self.clocks["judge"], self.settings
         try:
             async with self._judge_sem:
-                request = self.stages.judge_request(sample)
-                clock.enter()
-                calls = 0
-                try:
-                    results = await asyncio.wait_for(self.stages.judge([request]), timeout=s.judge_timeout_s)
-                    if len(results) != 1:
-                        raise ValueError(f"judge returned {len(results)} judgements for 1 request")
-                    sample.judgement = results[0]
-                    calls = sample.judge_calls
-                except asyncio.TimeoutError:
-                    self._timeouts += 1
-                    sample.judge_error = f"judge call exceeded judge_timeout_s={s.judge_timeout_s}"
-                finally:
-                    clock.leave(calls)
+                await self._judge_sample(sample)
         except asyncio.CancelledError:
             raise
         except BaseException as e:  # noqa: BLE001
@@ -354,7 +327,6 @@ class OverlappedPipeline:
             self.clocks["trainer"].add("blocked", time.monotonic() - t)
 
     def _discard_meta(self, report: PipelineReport) -> None:
-        report.meta_runs = self._meta_runs
         if self._meta is not None and not self._meta.done():
             report.meta_discarded = 1
             self._meta.cancel()

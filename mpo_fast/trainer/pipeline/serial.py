@@ -14,34 +14,22 @@ from typing import Any
 
 from torch.profiler import record_function
 
+from .base import PipelineBase
 from .batch_assembly import build_batch
-from .clock import StageClock
-from .common import RecentSamples, check_batch, evolve_due, returns_awaitable
-from .errors import FailureBoard, PipelineError
+from .common import check_batch, evolve_due, returns_awaitable
+from .errors import PipelineError
 from .protocol import PipelineStages, ScoredSample
 from .report import PipelineReport
-from .rubric_board import RubricBoard
 from .settings import PipelineSettings
-from .staleness import StalenessGate
 
 
-class SerialPipeline:
+class SerialPipeline(PipelineBase):
+    mode, other = "serial", "OverlappedPipeline"
+
     def __init__(self, stages: PipelineStages, settings: PipelineSettings, *, rubric: Any, rubric_version: int = 0,
                  start_step: int = 0, device: str | None = None):
-        if settings.mode != "serial":
-            raise ValueError(f"SerialPipeline needs settings.mode='serial', got {settings.mode!r}; use OverlappedPipeline")
-        self.stages = stages
-        self.settings = settings
-        self.start_step = start_step
-        self.board = FailureBoard()
-        self.gate = StalenessGate(0, start_step, self.board)
-        self.rubrics = RubricBoard(rubric, rubric_version)
-        self.clocks = {name: StageClock(name) for name in ("rollout", "judge", "trainer", "meta")}
-        self.recent = RecentSamples(settings.mpo_samples + settings.max_staleness + 1)
-        self._timeouts = 0
-        self._meta_runs = 0
+        super().__init__(stages, settings, rubric=rubric, rubric_version=rubric_version, start_step=start_step, device=device)
         self._loaded = start_step  # the policy version the rollout side holds
-        self.device = device
 
     def run(self, num_steps: int) -> PipelineReport:
         if num_steps < 1:
@@ -90,11 +78,7 @@ class SerialPipeline:
             if closer is not None:
                 loop.run_until_complete(closer())
             loop.close()
-            report.wall_s = time.monotonic() - t0
-            report.stages = {name: c.stats(report.wall_s) for name, c in self.clocks.items()}
-            report.rubric_swaps = [(s.step, s.version) for s in self.rubrics.history]
-            report.judge_timeouts = self._timeouts
-            report.meta_runs = self._meta_runs
+            self._finish_report(report, time.monotonic() - t0)
         return report
 
     def _generate(self, step: int) -> list[ScoredSample]:
@@ -134,21 +118,7 @@ class SerialPipeline:
         await asyncio.gather(*(one(s) for s in samples))
 
     async def _judge_one(self, sample: ScoredSample) -> None:
-        clock = self.clocks["judge"]
-        request = self.stages.judge_request(sample)
-        clock.enter()
-        calls = 0
-        try:
-            results = await asyncio.wait_for(self.stages.judge([request]), timeout=self.settings.judge_timeout_s)
-            if len(results) != 1:
-                raise ValueError(f"judge returned {len(results)} judgements for 1 request")
-            sample.judgement = results[0]
-            calls = sample.judge_calls
-        except asyncio.TimeoutError:
-            self._timeouts += 1
-            sample.judge_error = f"judge call exceeded judge_timeout_s={self.settings.judge_timeout_s}"
-        finally:
-            clock.leave(calls)
+        await self._judge_sample(sample)
         self.recent.add(sample)
 
     def _evolve(self, loop: asyncio.AbstractEventLoop, step: int) -> None:
