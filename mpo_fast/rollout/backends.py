@@ -14,6 +14,15 @@ from .base import RolloutBackend
 ROLLOUT_BACKENDS = ("hf", "vllm", "remote")
 
 
+def require_installed(name: str) -> None:
+    """ImportError naming the install command when backend `name` needs a package that is missing."""
+    if name == "vllm" and importlib.util.find_spec("vllm") is None:
+        raise ImportError(
+            "rollout.backend=vllm but vLLM is not installed: pip install 'mpo-fast[vllm]' (Linux with a CUDA "
+            "GPU), or use rollout.backend=hf (any device) or remote (a policy served elsewhere)"
+        )
+
+
 def create_rollout_backend(name: str, *, model, tokenizer, **options: Any) -> RolloutBackend:
     """The backend `name` for `model`; `options` are that backend's keyword arguments.
 
@@ -26,11 +35,7 @@ def create_rollout_backend(name: str, *, model, tokenizer, **options: Any) -> Ro
 
         return HFRollout(model, tokenizer, **options)
     if name == "vllm":
-        if importlib.util.find_spec("vllm") is None:
-            raise ImportError(
-                "rollout.backend=vllm but vLLM is not installed: pip install 'mpo-fast[vllm]' (Linux with a CUDA "
-                "GPU), or use rollout.backend=hf (any device) or remote (a policy served elsewhere)"
-            )
+        require_installed(name)
         from .vllm import VLLMRollout
 
         path = options.pop("model_path", None) or getattr(model, "name_or_path", None)

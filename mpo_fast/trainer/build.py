@@ -123,14 +123,12 @@ def check_servers(config: MPOConfig) -> None:
         check_endpoint(config.meta.base_url, config.meta.api_key_env, "meta server")
     if config.rollout.backend == "remote":
         check_endpoint(config.rollout.base_url, config.rollout.api_key_env, "rollout server")
-    if config.rollout.backend == "vllm":
-        import importlib.util
+    from ..rollout.backends import require_installed
 
-        if importlib.util.find_spec("vllm") is None:
-            raise ConfigError(
-                "rollout.backend is 'vllm' but vLLM is not installed: pip install 'mpo-fast[vllm]' (Linux with a CUDA "
-                "GPU), or use rollout.backend=hf (any device) or rollout.backend=remote (a policy served elsewhere)"
-            )
+    try:  # before minutes of model loading
+        require_installed(config.rollout.backend)
+    except ImportError as exc:
+        raise ConfigError(str(exc)) from exc
 
 
 def build_rollout(config: MPOConfig, model, tokenizer):

@@ -298,10 +298,9 @@ class MPOTrainer:
         args = self.args
         started = time.perf_counter()
         if args.pipeline.mode == "overlapped":
-            from .config import pipeline_settings
             from .pipeline.trainer_stages import train_pipelined
 
-            report = train_pipelined(self, pipeline_settings(args), device=str(self.device))
+            report = train_pipelined(self, device=str(self.device))
             result = self.summary(time.perf_counter() - started)
             result.pipeline = report.summary()
             return result

@@ -400,11 +400,10 @@ def train_pipelined(trainer, settings: PipelineSettings | None = None, *, device
     from ..run_log import Progress, RunLog
 
     a = trainer.args
-    if settings is None:
-        settings = pipeline_settings(a)
-    # One source of truth for meta-refinement: the trainer's meta settings.
-    evolving = trainer.meta_judge is not None and a.meta.enabled
-    settings = dataclasses.replace(settings, evolve_every=a.meta.interval if evolving else 0, mpo_samples=4 * a.meta.num_samples)
+    # One source of truth for meta-refinement: the trainer's meta settings (none without a meta-judge).
+    derived = pipeline_settings(a)
+    settings = dataclasses.replace(settings or derived, mpo_samples=derived.mpo_samples,
+                                   evolve_every=derived.evolve_every if trainer.meta_judge is not None else 0)
     resume_step = trainer.start_run()
     start = trainer.step
     stages = TrainerStages(trainer, settings)  # after the restore: a rollout copy starts from the restored weights
