@@ -15,6 +15,7 @@ from pathlib import Path
 
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
+from setuptools.command.build_py import build_py
 
 ROOT = Path(__file__).resolve().parent
 
@@ -73,6 +74,21 @@ class CMakeBuild(build_ext):
         subprocess.check_call(["cmake", "--build", ".", "--parallel", jobs], cwd=build_temp)
 
 
+class BuildPy(build_py):
+    """Copy the Python sources, then give the installed `mpo_fast.kernels` its `__init__.py`.
+
+    The top-level `kernels/` folder has no `__init__.py` on purpose: from the repository root a
+    regular package there would shadow Hugging Face's `kernels` (see kernels/README.md). The
+    installed copy is a subpackage of mpo_fast, where no such clash exists, so it gets one.
+    """
+
+    def run(self):
+        super().run()
+        init = Path(self.build_lib) / "mpo_fast" / "kernels" / "__init__.py"
+        if init.parent.is_dir() and not init.exists():
+            init.write_text('"""Triton kernels of mpo_fast: one module per op (kernel and launcher)."""\n')
+
+
 ext_modules = [CMakeExtension("mpo_fast._C")]
 if find_nvcc():
     ext_modules.append(CMakeExtension("mpo_fast._cuda"))
@@ -89,6 +105,6 @@ setup(
     package_data={"mpo_fast": ["tasks/data/*.jsonl", "tasks/data/*.json", "py.typed", "configs/*.yaml", "configs/rubrics/*.yaml"]},
     include_package_data=False,
     ext_modules=ext_modules,
-    cmdclass={"build_ext": CMakeBuild},
+    cmdclass={"build_ext": CMakeBuild, "build_py": BuildPy},
     zip_safe=False,
 )

@@ -8,7 +8,10 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
+from ._kernels_path import register_source_kernels as _register_source_kernels
+
 __version__ = "0.1.0"
+_register_source_kernels()
 
 # public name -> module that defines it
 _EXPORTS = {

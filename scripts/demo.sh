@@ -6,8 +6,9 @@ bash "$root/scripts/setup_env.sh"
 venv="${MPO_FAST_VENV:-$root/.venv}"
 cd "$root"
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"  # measured faster than 2 threads on a busy 2-core box
-if "$venv/bin/python" -c "import mpo_fast.cli" 2>/dev/null; then
-  exec "$venv/bin/mpo-fast" demo "$@"
+# A broken install must fail here, loudly, with Python's own import error (no silent fallback).
+if ! "$venv/bin/python" -c "import mpo_fast.cli"; then
+  echo "[demo] mpo_fast.cli does not import (error above): rerun bash scripts/setup_env.sh, or report it" >&2
+  exit 1
 fi
-# Until the trainer lands, the demo is the advantages benchmark.
-exec "$venv/bin/python" -m benchmarks.run --op group_advantages "$@"
+exec "$venv/bin/mpo-fast" demo "$@"
