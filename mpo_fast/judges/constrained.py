@@ -190,14 +190,10 @@ def request_fields(constraint: Constraint, flavour: str) -> dict[str, Any]:
 
 
 def _import_xgrammar():
-    try:
-        import xgrammar
-    except ImportError as exc:
-        raise ImportError(
-            "constrained decoding in process needs xgrammar: pip install 'mpo-fast[constrained]' "
-            "(or use scoring='expected', which needs no extra package)"
-        ) from exc
-    return xgrammar
+    from ..optional_import import import_optional
+
+    return import_optional("xgrammar", needed_for="constrained decoding in process needs xgrammar",
+                           install="pip install 'mpo-fast[constrained]' (or use scoring='expected', which needs no extra package)")
 
 
 class GrammarCompiler:

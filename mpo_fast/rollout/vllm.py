@@ -52,14 +52,10 @@ SYNC_MODES = ("full", "merged_lora", "lora_adapter")
 
 def import_vllm():
     """The vllm module, or an ImportError that says how to get it."""
-    try:
-        import vllm
-    except ImportError as exc:
-        raise ImportError(
-            "the vLLM rollout backend needs vLLM, which is not installed: pip install 'mpo-fast[vllm]' "
-            "(Linux with a CUDA GPU; on CPU use rollout.backend=hf)"
-        ) from exc
-    return vllm
+    from ..optional_import import import_optional
+
+    return import_optional("vllm", needed_for="the vLLM rollout backend needs vLLM",
+                           install="pip install 'mpo-fast[vllm]' (Linux with a CUDA GPU; on CPU use rollout.backend=hf)")
 
 
 def sampling_kwargs(sampling: SamplingParams, n: int, *, seed: int | None) -> dict[str, Any]:

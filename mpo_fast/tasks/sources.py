@@ -60,23 +60,18 @@ def read_json(path: Path) -> list[dict[str, Any]]:
 
 
 def read_parquet(path: Path) -> list[dict[str, Any]]:
-    try:
-        import pyarrow.parquet as pq
-    except ImportError as exc:
-        raise ImportError(
-            f"reading {path} needs pyarrow: pip install pyarrow (or convert the file to JSONL)"
-        ) from exc
+    from ..optional_import import import_optional
+
+    pq = import_optional("pyarrow.parquet", needed_for=f"reading {path} needs pyarrow",
+                         install="pip install pyarrow (or convert the file to JSONL)")
     return pq.read_table(path).to_pylist()
 
 
 def read_hf(name: str, split: str, config: str | None) -> list[dict[str, Any]]:
-    try:
-        import datasets
-    except ImportError as exc:
-        raise ImportError(
-            f"loading the Hugging Face dataset {name!r} needs the datasets package: pip install datasets "
-            "(or download it once and pass a local .jsonl/.parquet path)"
-        ) from exc
+    from ..optional_import import import_optional
+
+    datasets = import_optional("datasets", needed_for=f"loading the Hugging Face dataset {name!r} needs the datasets package",
+                               install="pip install datasets (or download it once and pass a local .jsonl/.parquet path)")
     try:
         dataset = datasets.load_dataset(name, config, split=split)
     except Exception as exc:  # the hub raises many types (network, missing split, missing config)

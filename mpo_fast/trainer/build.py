@@ -49,10 +49,13 @@ class RunParts:
 def peft_config_of(config: MPOConfig):
     if not config.lora.enabled:
         return None
+    from ..optional_import import describe_import_failure
+
     try:
         from peft import LoraConfig
     except ImportError as exc:
-        raise ConfigError("lora.enabled is true but peft is not installed: pip install peft (or set lora.enabled=false)") from exc
+        raise ConfigError(describe_import_failure("peft", exc, needed_for="lora.enabled is true",
+                                                  install="pip install peft (or set lora.enabled=false)")) from exc
     lora = config.lora
     return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=list(lora.target_modules),
                       task_type="CAUSAL_LM")
