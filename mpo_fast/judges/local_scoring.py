@@ -18,6 +18,7 @@ from typing import Sequence
 
 import torch
 
+from ..models.hf_compat import cache_kwargs, output_cache
 from ..ops.expected_score import expected_score
 from .expected import _NUMERIC, _WS, DONE, INVALID, NODE, ChoiceDistribution, ScoreChoices
 
@@ -132,7 +133,7 @@ class LocalChoiceScorer:
         ids, mask = ids.to(device), mask.to(device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         out = self._forward(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=want_cache)
-        return out.logits[:, -1, :], (out.past_key_values if want_cache else None), mask
+        return out.logits[:, -1, :], (output_cache(out) if want_cache else None), mask
 
     def _continue_pass(self, cache, mask, rows: list[int], paths: list[list[int]]) -> torch.Tensor:
         """Logits after each (prompt row, token path), reusing the prompt's KV cache."""
@@ -152,7 +153,8 @@ class LocalChoiceScorer:
             attn = torch.cat([mask.index_select(0, index), torch.ones(len(entries), depth, dtype=mask.dtype, device=device)], 1)
             pos = mask.index_select(0, index).sum(-1, keepdim=True) + torch.arange(depth, device=device)
             tokens = torch.tensor([paths[e] for e in entries], dtype=torch.long, device=device)
-            out = self._forward(input_ids=tokens, attention_mask=attn, position_ids=pos, past_key_values=sub, use_cache=True)
+            out = self._forward(input_ids=tokens, attention_mask=attn, position_ids=pos, use_cache=True,
+                                **cache_kwargs(self.model, sub))
             logits = out.logits[:, -1, :]
             for j, e in enumerate(entries):
                 out_rows[e] = logits[j]

@@ -167,9 +167,9 @@ class MPOTrainer:
         if peft_config is not None:
             if is_peft_model(model):
                 raise ValueError("model is already a peft model and peft_config was given too; pass one of them")
-            from peft import get_peft_model
+            from ..models.hf_compat import wrap_with_peft
 
-            model = get_peft_model(model, peft_config)
+            model = wrap_with_peft(model, peft_config)
         self.model = model
         if args.model.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
