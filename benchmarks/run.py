@@ -2,7 +2,10 @@
 
     python -m benchmarks.run --op group_advantages [--quick] [--device cpu|cuda] [--json]
 
-Each op lives in benchmarks/ops/<op>.py with `run(ctx) -> Iterator[dict]`. With --json every
+Each op lives in benchmarks/ops/<op>.py with `run(ctx) -> Iterator[dict]`. Kernel ops build it from
+their provider table, `cases(ctx) -> Iterator[common.Case]`, which `pytest benchmarks/
+--benchmark-only` times too (benchmarks/test_providers.py); workload ops (judge_modes, pipeline)
+have only `run`. Providers that cannot run here are named on stderr with the reason. With --json every
 measurement is one JSON object per line with at least: op, provider, device, device_name, shape,
 pass (fwd|fwd_bwd), median_ms, p20_ms, p80_ms, peak_mem_bytes, commit. Ratios against the reference
 and peers measured in the same run are added by the op modules.
