@@ -62,6 +62,15 @@ class BenchContext:
     warmup: int
 
 
+def make_context(quick: bool, device: str | None = None, repeats: int | None = None) -> BenchContext:
+    """The one source of run defaults for both front ends: cuda when available, 5 timed repeats and 1
+    warm-up call in quick mode, 20 and 3 otherwise."""
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device cuda requested but torch sees no CUDA device; use cpu")
+    return BenchContext(quick=quick, device=device, repeats=repeats or (5 if quick else 20), warmup=1 if quick else 3)
+
+
 def _sync(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
@@ -207,6 +216,10 @@ class Case:
     def baselines(self) -> list[str]:
         return [b for b in ([self.reference] if self.reference else []) + list(self.peers) if b in self.calls]
 
+    def role(self, provider: str) -> str:
+        """reference | peer | ours: what benchmarks.compare takes ratios against (reference, peers)."""
+        return "reference" if provider == self.reference else "peer" if provider in self.peers else "ours"
+
     def key(self) -> tuple[str, str]:
         return (self.shape, self.pass_)
 
@@ -272,7 +285,7 @@ def run_cases(ctx: "BenchContext", cases, op: str):
         peaks = {name: peak_memory_bytes(fn, device=ctx.device) if case.measure_peak else None for name, fn in calls.items()}
         extras = case.extras(timings, peaks) if case.extras else {}
         for name, t in timings.items():
-            yield measurement(name, case.shape, case.pass_, t, peaks[name], **extras.get(name, {}))
+            yield measurement(name, case.shape, case.pass_, t, peaks[name], **extras.get(name, {}), role=case.role(name))
 
 
 def capped_timer(budget_s: float = 8.0):

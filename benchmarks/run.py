@@ -18,8 +18,6 @@ import json
 import pkgutil
 import sys
 
-import torch
-
 from benchmarks import common
 from benchmarks import ops as ops_pkg
 
@@ -37,12 +35,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true", help="one JSON object per measurement on stdout")
     p.add_argument("--repeats", type=int, default=None, help="timed repeats per measurement (default 5 quick / 20)")
     args = p.parse_args(argv)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        p.error("--device cuda but torch sees no CUDA device; use --device cpu")
-    ctx = common.BenchContext(
-        quick=args.quick, device=device, repeats=args.repeats or (5 if args.quick else 20), warmup=1 if args.quick else 3
-    )
+    try:
+        ctx = common.make_context(args.quick, args.device, args.repeats)
+    except ValueError as exc:
+        p.error(f"--device: {exc}")
+    device = ctx.device
     stamp = {"device": device, "device_name": common.device_name(device), "commit": common.git_commit()}
     for op in ops if args.op == "all" else [args.op]:
         module = importlib.import_module(f"benchmarks.ops.{op}")
