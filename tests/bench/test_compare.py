@@ -158,3 +158,25 @@ def test_pytest_benchmark_front_end_and_compare_flag_a_slowed_provider(tmp_path)
     shapes = {i["shape"] for i in infos}
     assert {(s, "reference", "trl_inline_formula") for s in shapes} <= flagged  # ours vs a peer
     assert not any(p == "cpu" and v == "reference" for _, p, v in flagged)  # cpu over a slower reference got better
+
+
+def test_smoke_check_catches_a_missing_provider_and_a_non_finite_ratio():
+    from benchmarks import smoke
+
+    ctx = common.make_context(quick=True, device="cpu")
+    want = sorted(smoke.expected_results(ctx, ["group_advantages"]))
+    assert {w[3] for w in want} >= {"reference", "cpu", "trl_inline_formula"}
+
+    def bench(op, shape, pass_, provider, median=1e-4, **extra):
+        info = {"op": op, "shape": shape, "pass": pass_, "provider": provider, "device": "cpu", "quick": True,
+                "baselines": ["reference", "trl_inline_formula"], **extra}
+        return {"stats": {"median": median}, "extra_info": info}
+
+    full = {"benchmarks": [bench(*w) for w in want]}
+    assert smoke.check(full, ["group_advantages"]) == []
+    dropped = {"benchmarks": full["benchmarks"][1:]}
+    assert any(e.startswith("no result: " + " | ".join(want[0])) for e in smoke.check(dropped, ["group_advantages"]))
+    bad = {"benchmarks": full["benchmarks"][:-1] + [bench(*want[-1], time_vs={"reference": float("inf")})]}
+    assert any("time_vs reference = inf" in e for e in smoke.check(bad, ["group_advantages"]))
+    nan = {"benchmarks": full["benchmarks"][:-1] + [bench(*want[-1], median=float("nan"))]}
+    assert any("median nan" in e for e in smoke.check(nan, ["group_advantages"]))
