@@ -16,7 +16,7 @@ ops=()
 for a in "$@"; do case "$a" in --bench-ops=*) ops=(--ops "${a#--bench-ops=}");; esac; done
 prev=""
 for a in "$@"; do [ "$prev" = "--bench-ops" ] && ops=(--ops "$a"); prev="$a"; done
-"$py" -m pytest benchmarks/ --benchmark-only --benchmark-max-time=0.05 --benchmark-columns=median,iqr,rounds --timeout=600 -q -p no:cacheprovider \
+"$py" -m pytest benchmarks/ --benchmark-only --benchmark-max-time=0.05 --benchmark-min-rounds=1 --benchmark-columns=median,iqr,rounds --timeout=600 -q -p no:cacheprovider \
   --benchmark-json="$out/quick.json" "$@"
 "$py" -m benchmarks.smoke "$out/quick.json" "${ops[@]}"
 "$py" -m benchmarks.compare "$out/quick.json" "$out/quick.json" >/dev/null

@@ -136,7 +136,7 @@ def _pytest_benchmark(tmp_path: Path, name: str, delay: str | None) -> Path:
         env[common.DELAY_ENV] = delay
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "benchmarks/", "--benchmark-only", "--bench-ops", "group_advantages",
-         "--bench-device", "cpu", "--benchmark-max-time", "0.05", f"--benchmark-json={out}", "-q", "-p", "no:cacheprovider"],
+         "--bench-device", "cpu", "--benchmark-max-time", "0.05", "--benchmark-min-rounds", "3", f"--benchmark-json={out}", "-q", "-p", "no:cacheprovider"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return out
