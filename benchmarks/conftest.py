@@ -91,7 +91,11 @@ def _collect(config) -> tuple[common.BenchContext, list[Param], dict[str, Cursor
         raise pytest.UsageError(f"--bench-device: {exc}") from None
     params, cursors = [], {}
     for op in _selected_ops(config):
-        module = importlib.import_module(f"benchmarks.ops.{op}")
+        try:
+            module = importlib.import_module(f"benchmarks.ops.{op}")
+        except Exception as exc:  # noqa: BLE001 - an op whose optional dependencies are missing: say so, go on
+            params.append(Param(op, skip=f"benchmarks.ops.{op} does not import: {type(exc).__name__}: {exc}"))
+            continue
         if not hasattr(module, "cases"):
             params.append(Param(op, skip=f"workload benchmark with no provider table (model loads / minutes of training "
                                           f"per measurement): run `python -m benchmarks.run --op {op}`"))
