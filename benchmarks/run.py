@@ -2,7 +2,10 @@
 
     python -m benchmarks.run --op group_advantages [--quick] [--device cpu|cuda] [--json]
 
-Each op lives in benchmarks/ops/<op>.py with `run(ctx) -> Iterator[dict]`. With --json every
+Each op lives in benchmarks/ops/<op>.py with `run(ctx) -> Iterator[dict]`. Kernel ops build it from
+their provider table, `cases(ctx) -> Iterator[common.Case]`, which `pytest benchmarks/
+--benchmark-only` times too (benchmarks/test_providers.py); workload ops (judge_modes, pipeline)
+have only `run`. Providers that cannot run here are named on stderr with the reason. With --json every
 measurement is one JSON object per line with at least: op, provider, device, device_name, shape,
 pass (fwd|fwd_bwd), median_ms, p20_ms, p80_ms, peak_mem_bytes, commit. Ratios against the reference
 and peers measured in the same run are added by the op modules.
@@ -14,8 +17,6 @@ import importlib
 import json
 import pkgutil
 import sys
-
-import torch
 
 from benchmarks import common
 from benchmarks import ops as ops_pkg
@@ -34,12 +35,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true", help="one JSON object per measurement on stdout")
     p.add_argument("--repeats", type=int, default=None, help="timed repeats per measurement (default 5 quick / 20)")
     args = p.parse_args(argv)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        p.error("--device cuda but torch sees no CUDA device; use --device cpu")
-    ctx = common.BenchContext(
-        quick=args.quick, device=device, repeats=args.repeats or (5 if args.quick else 20), warmup=1 if args.quick else 3
-    )
+    try:
+        ctx = common.make_context(args.quick, args.device, args.repeats)
+    except ValueError as exc:
+        p.error(f"--device: {exc}")
+    device = ctx.device
     stamp = {"device": device, "device_name": common.device_name(device), "commit": common.git_commit()}
     for op in ops if args.op == "all" else [args.op]:
         module = importlib.import_module(f"benchmarks.ops.{op}")

@@ -17,13 +17,11 @@ high-water mark, see benchmarks/common.py).
 """
 from __future__ import annotations
 
-import time
 from typing import Callable, Iterator
 
 import torch
 
-import mpo_fast
-from benchmarks.common import BenchContext, measurement, peak_memory_bytes, time_fn
+from benchmarks.common import BenchContext, Case, backend_providers, capped_timer, once, run_cases
 from mpo_fast.ops.fused_linear_logprob import fused_linear_logprob
 
 TRL_CHUNK = 32768
@@ -35,36 +33,44 @@ def _torch_materialised(hidden, weight, ids):
 
 
 def _trl():
+    """(TRL's chunked log-prob as a provider, None) or (None, why it is unavailable)."""
     try:
         from trl.kernels import ChunkedLogProbFunction
-    except Exception:  # noqa: BLE001 - any import failure means no peer
-        return None
-    return lambda h, w, ids: ChunkedLogProbFunction.apply(h, w, None, ids, 1.0, TRL_CHUNK, None, 1.0, ())[0]
+    except Exception as exc:  # noqa: BLE001 - any import failure means no peer
+        return None, f"trl.kernels.ChunkedLogProbFunction does not import: {type(exc).__name__}: {exc}"
+    return (lambda h, w, ids: ChunkedLogProbFunction.apply(h, w, None, ids, 1.0, TRL_CHUNK, None, 1.0, ())[0]), None
 
 
 def _liger():
     try:
         from liger_kernel.transformers.fused_linear_cross_entropy import LigerFusedLinearCrossEntropyLoss
-    except Exception:  # noqa: BLE001
-        return None
+    except Exception as exc:  # noqa: BLE001
+        return None, f"liger_kernel does not import: {type(exc).__name__}: {exc}"
     loss = LigerFusedLinearCrossEntropyLoss(reduction="sum")
-    return lambda h, w, ids: loss(w, h, ids)
+    return (lambda h, w, ids: loss(w, h, ids)), None
 
 
-def _providers(device: str) -> dict[str, Callable]:
+def _providers(device: str) -> tuple[dict[str, Callable], dict[str, str]]:
     fns: dict[str, Callable] = {"torch_materialised": _torch_materialised}
-    trl = _trl()
+    unavailable: dict[str, str] = {}
+    trl, why = _trl()
     if trl is not None:
         fns["trl_chunked_logprob"] = trl
+    else:
+        unavailable["trl_chunked_logprob"] = why
     if device == "cuda":
-        liger = _liger()
+        liger, why = _liger()
         if liger is not None:
             fns["liger_flce"] = liger
-    info = mpo_fast.backends()
-    for b in ("cuda", "triton") if device == "cuda" else ("cpu", "reference"):
-        if info[b].available:
-            fns[f"mpo_{b}"] = (lambda h, w, ids, b=b: fused_linear_logprob(h, w, ids, backend=b, check_ids=False))
-    return fns
+        else:
+            unavailable["liger_flce"] = why
+    else:
+        unavailable["liger_flce"] = "Liger's fused linear cross-entropy is a Triton kernel: GPU runs only"
+    fast, why_not = backend_providers(device, cpu=("cpu", "reference"))
+    for b in fast:
+        fns[f"mpo_{b}"] = (lambda h, w, ids, b=b: fused_linear_logprob(h, w, ids, backend=b, check_ids=False))
+    unavailable.update({f"mpo_{b}": why for b, why in why_not.items()})
+    return fns, unavailable
 
 
 def _shapes(ctx: BenchContext) -> list[tuple[int, int, int, torch.dtype]]:
@@ -76,63 +82,67 @@ def _shapes(ctx: BenchContext) -> list[tuple[int, int, int, torch.dtype]]:
         (2048, 576, 49152, torch.float32), (2048, 576, 151936, torch.float32)]
 
 
+_timing = capped_timer(8.0)
+PEERS = ("torch_materialised", "trl_chunked_logprob", "liger_flce")
 
-def _timing(fn: Callable[[], object], ctx: BenchContext):
-    """time_fn with the repeats cut to fit ~8 s per measurement on CPU, where one call of a slow peer
-    (TRL's per-row loop, the materialised path) takes seconds; the first call doubles as warm-up."""
-    if ctx.device == "cuda":
-        return time_fn(fn, device="cuda", repeats=ctx.repeats, warmup=ctx.warmup)
-    t0 = time.perf_counter()
-    fn()
-    first = time.perf_counter() - t0
-    repeats = max(1, min(ctx.repeats, int(8.0 / max(first, 1e-6))))
-    return time_fn(fn, device="cpu", repeats=repeats, warmup=0)
 
-def run(ctx: BenchContext) -> Iterator[dict]:
-    device = ctx.device
+def cases(ctx: BenchContext) -> Iterator[Case]:
+    fns, unavailable = _providers(ctx.device)
     for n, h, v, dtype in _shapes(ctx):
-        g = torch.Generator().manual_seed(0)
-        hidden = torch.randn(n, h, generator=g).to(dtype).to(device)
-        weight = (torch.randn(v, h, generator=g) * h**-0.5).to(dtype).to(device)
-        ids = torch.randint(0, v, (n,), generator=g).to(device)
-        grad_out = torch.randn(n, generator=g).to(device)
-        shape = f"N={n},H={h},V={v},{str(dtype).removeprefix('torch.')}"
-        gemm_ms = _timing(lambda: hidden @ weight.t(), ctx).median_ms
-        gemms = {"fwd": 1, "fwd_bwd": 3, "fwd_bwd_frozen_weight": 2}  # the materialised path's count: the floor
-        fns = _providers(device)
+        yield from _cases(ctx, n, h, v, dtype, fns, unavailable)
 
-        def fwd(fn):
-            return lambda: fn(hidden, weight, ids)
 
-        def fwd_bwd(fn, frozen):
-            def step():
-                hh = hidden.detach().requires_grad_()
-                ww = weight.detach().requires_grad_(not frozen)
-                out = fn(hh, ww, ids)
-                go = grad_out.to(out.dtype) if out.dim() else None  # Liger returns a scalar loss
-                return torch.autograd.grad(out, (hh,) if frozen else (hh, ww), go)
-            return step
+def _cases(ctx: BenchContext, n: int, h: int, v: int, dtype: torch.dtype, fns: dict, unavailable: dict) -> Iterator[Case]:
+    device = ctx.device
+    g = torch.Generator().manual_seed(0)
+    hidden = torch.randn(n, h, generator=g).to(dtype).to(device)
+    weight = (torch.randn(v, h, generator=g) * h**-0.5).to(dtype).to(device)
+    ids = torch.randint(0, v, (n,), generator=g).to(device)
+    grad_out = torch.randn(n, generator=g).to(device)
+    shape = f"N={n},H={h},V={v},{str(dtype).removeprefix('torch.')}"
+    gemm_ms = once(lambda: _timing(lambda: hidden @ weight.t(), ctx).median_ms)
+    gemms = {"fwd": 1, "fwd_bwd": 3, "fwd_bwd_frozen_weight": 2}  # the materialised path's count: the floor
 
-        passes = {
-            "fwd": {k: fwd(f) for k, f in fns.items()},
-            "fwd_bwd": {k: fwd_bwd(f, False) for k, f in fns.items()},
-            "fwd_bwd_frozen_weight": {k: fwd_bwd(f, True) for k, f in fns.items()},
-        }
-        for pass_, calls in passes.items():
-            timings = {k: _timing(c, ctx) for k, c in calls.items()}
-            peaks = {k: peak_memory_bytes(c, device=device) for k, c in calls.items()}
+    def fwd(fn):
+        return lambda: fn(hidden, weight, ids)
+
+    def fwd_bwd(fn, frozen):
+        def step():
+            hh = hidden.detach().requires_grad_()
+            ww = weight.detach().requires_grad_(not frozen)
+            out = fn(hh, ww, ids)
+            go = grad_out.to(out.dtype) if out.dim() else None  # Liger returns a scalar loss
+            return torch.autograd.grad(out, (hh,) if frozen else (hh, ww), go)
+        return step
+
+    passes = {
+        "fwd": {k: fwd(f) for k, f in fns.items()},
+        "fwd_bwd": {k: fwd_bwd(f, False) for k, f in fns.items()},
+        "fwd_bwd_frozen_weight": {k: fwd_bwd(f, True) for k, f in fns.items()},
+    }
+    for pass_, calls in passes.items():
+        floor_ms = once(lambda pass_=pass_: gemms[pass_] * gemm_ms())
+
+        def extras(timings, peaks, floor_ms=floor_ms):
             base_ms = timings["torch_materialised"].median_ms
             base_peak = peaks["torch_materialised"]
             liger_ms = timings["liger_flce"].median_ms if "liger_flce" in timings else None
-            floor = gemms[pass_] * gemm_ms
-            for k, t in timings.items():
-                yield measurement(
-                    k, shape, pass_, t, peaks[k],
+            floor = floor_ms()
+            return {
+                k: dict(
                     floor_ms=round(floor, 3),
                     ratio_to_floor=round(t.median_ms / floor, 3),
                     speedup_vs_materialised=round(base_ms / t.median_ms, 3),
                     peak_vs_materialised=round(peaks[k] / base_peak, 4) if peaks[k] is not None and base_peak else None,
                     time_vs_liger=round(t.median_ms / liger_ms, 3) if liger_ms else None,
-                    one_gemm_ms=round(gemm_ms, 3),
+                    one_gemm_ms=round(gemm_ms(), 3),
                 )
-        del hidden, weight
+                for k, t in timings.items()
+            }
+
+        yield Case(shape, pass_, calls, reference="mpo_reference" if "mpo_reference" in calls else None, peers=PEERS,
+                   floor_ms=floor_ms, extras=extras, unavailable=unavailable, timer=_timing)
+
+
+def run(ctx: BenchContext) -> Iterator[dict]:
+    return run_cases(ctx, cases(ctx), "fused_linear_logprob")

@@ -16,9 +16,8 @@ from typing import Iterator
 
 import torch
 
-from benchmarks.common import BenchContext, measurement, peak_memory_bytes, time_fn
+from benchmarks.common import BenchContext, Case, backend_providers, once, run_cases, time_fn
 from benchmarks.ops.policy_loss import copy_bandwidth
-from mpo_fast._backend import backends
 from mpo_fast.ops.gae import gae
 
 GAMMA, LAM = 1.0, 0.95
@@ -50,31 +49,45 @@ def _inputs(batch: int, steps: int, device: str):
     return rewards.to(device), values.to(device), mask.to(device)
 
 
-def run(ctx: BenchContext) -> Iterator[dict]:
+def cases(ctx: BenchContext) -> Iterator[Case]:
     device = ctx.device
     shapes = [(64, 1024)] if ctx.quick else [(64, 1024), (512, 4096)]
-    info = backends()
-    fast = [b for b in (("cuda", "triton") if device == "cuda" else ("cpu",)) if info[b].available]
-    bandwidth = copy_bandwidth(device)
+    fast, unavailable = backend_providers(device)
+    bandwidth = once(lambda: copy_bandwidth(device))
     for batch, steps in shapes:
-        rewards, values, mask = _inputs(batch, steps, device)
-        shape = f"B={batch},T={steps}"
-        floor_ms = batch * steps * 17 / bandwidth * 1e3
-        fns = {"reference": lambda: gae(rewards, values, mask, gamma=GAMMA, lam=LAM, backend="reference")}
-        for b in fast:
-            fns[b] = lambda b=b: gae(rewards, values, mask, gamma=GAMMA, lam=LAM, backend=b)
-        fns["trl_ppo_loop"] = lambda: _trl_ppo_loop(rewards, values, ~mask)
-        # The Python loops run T iterations: fewer repeats keep the full run to minutes.
-        repeats = ctx.repeats if steps <= 1024 else max(3, ctx.repeats // 4)
-        timings = {n: time_fn(fn, device=device, repeats=repeats, warmup=1) for n, fn in fns.items()}
+        yield _case(ctx, batch, steps, fast, unavailable, bandwidth)
+
+
+def _case(ctx: BenchContext, batch: int, steps: int, fast: list[str], unavailable: dict, bandwidth) -> Case:
+    rewards, values, mask = _inputs(batch, steps, ctx.device)
+    fns = {"reference": lambda: gae(rewards, values, mask, gamma=GAMMA, lam=LAM, backend="reference")}
+    for b in fast:
+        fns[b] = lambda b=b: gae(rewards, values, mask, gamma=GAMMA, lam=LAM, backend=b)
+    fns["trl_ppo_loop"] = lambda: _trl_ppo_loop(rewards, values, ~mask)
+    floor_ms = once(lambda: batch * steps * 17 / bandwidth() * 1e3)
+    # The Python loops run T iterations: fewer repeats keep the full run to minutes.
+    repeats = ctx.repeats if steps <= 1024 else max(3, ctx.repeats // 4)
+
+    def timer(fn, ctx):
+        return time_fn(fn, device=ctx.device, repeats=repeats, warmup=1)
+
+    def extras(timings, peaks):
         ref_ms = timings["reference"].median_ms
         trl_ms = timings["trl_ppo_loop"].median_ms
-        for name, t in timings.items():
-            yield measurement(
-                name, shape, "fwd", t, peak_memory_bytes(fns[name], device=device),
-                floor_ms=round(floor_ms, 4),
-                ratio_to_floor=round(t.median_ms / floor_ms, 2),
+        return {
+            name: dict(
+                floor_ms=round(floor_ms(), 4),
+                ratio_to_floor=round(t.median_ms / floor_ms(), 2),
                 speedup_vs_reference=round(ref_ms / t.median_ms, 3),
                 speedup_vs_trl=round(trl_ms / t.median_ms, 3),
-                copy_gb_s=round(bandwidth / 1e9, 2),
+                copy_gb_s=round(bandwidth() / 1e9, 2),
             )
+            for name, t in timings.items()
+        }
+
+    return Case(f"B={batch},T={steps}", "fwd", fns, reference="reference", peers=("trl_ppo_loop",), floor_ms=floor_ms,
+                extras=extras, unavailable=unavailable, timer=timer)
+
+
+def run(ctx: BenchContext) -> Iterator[dict]:
+    return run_cases(ctx, cases(ctx), "gae")

@@ -11,7 +11,7 @@ from typing import Iterator
 import torch
 
 import mpo_fast
-from benchmarks.common import BenchContext, measurement, peak_memory_bytes, time_fn
+from benchmarks.common import BenchContext, Case, Timing, backend_providers, run_cases
 from mpo_fast.reference import advantages as ref
 
 
@@ -21,28 +21,39 @@ def _trl_grpo(rewards: torch.Tensor, group_size: int, eps: float = 1e-4) -> torc
     return (rewards - mean) / (std + eps)
 
 
-def run(ctx: BenchContext) -> Iterator[dict]:
+def cases(ctx: BenchContext) -> Iterator[Case]:
     shapes = [(64, 8), (1024, 16)] if ctx.quick else [(64, 8), (1024, 16), (8192, 64), (65536, 16)]
-    info = mpo_fast.backends()
     device = ctx.device
-    providers = ["reference"] + [b for b in (("cuda", "triton") if device == "cuda" else ("cpu",)) if info[b].available]
+    fast, unavailable = backend_providers(device)
+    providers = ["reference"] + fast
     for num_groups, group_size in shapes:
         n = num_groups * group_size
         g = torch.Generator().manual_seed(0)
         rewards = torch.randn(n, generator=g).to(device)
         valid = (torch.rand(n, generator=g) > 0.05).to(device)
         shape = f"groups={num_groups},G={group_size}"
-        fns = {"trl_inline_formula": lambda: _trl_grpo(rewards, group_size)}
-        fns["reference"] = lambda: ref.group_advantages(rewards, group_size, "grpo", 1e-6, valid)
+        fns = {"trl_inline_formula": lambda rewards=rewards, group_size=group_size: _trl_grpo(rewards, group_size)}
+        fns["reference"] = lambda rewards=rewards, group_size=group_size, valid=valid: ref.group_advantages(
+            rewards, group_size, "grpo", 1e-6, valid)
         for b in providers[1:]:
-            fns[b] = (lambda b=b: mpo_fast.group_advantages(rewards, group_size, valid=valid, backend=b, check_finite=False))
-        timings = {name: time_fn(fn, device=device, repeats=ctx.repeats, warmup=ctx.warmup) for name, fn in fns.items()}
-        ref_ms = timings["reference"].median_ms
-        trl_ms = timings["trl_inline_formula"].median_ms
-        for name, t in timings.items():
-            yield measurement(
-                name, shape, "fwd", t, peak_memory_bytes(fns[name], device=device),
-                speedup_vs_reference=round(ref_ms / t.median_ms, 3),
-                speedup_vs_trl=round(trl_ms / t.median_ms, 3),
-                masks_failed_judgements=name != "trl_inline_formula",
-            )
+            fns[b] = (lambda b=b, rewards=rewards, group_size=group_size, valid=valid: mpo_fast.group_advantages(
+                rewards, group_size, valid=valid, backend=b, check_finite=False))
+        yield Case(shape, "fwd", fns, reference="reference", peers=("trl_inline_formula",), extras=_extras,
+                   unavailable=unavailable)
+
+
+def _extras(timings: dict[str, Timing], peaks) -> dict[str, dict]:
+    ref_ms = timings["reference"].median_ms
+    trl_ms = timings["trl_inline_formula"].median_ms
+    return {
+        name: dict(
+            speedup_vs_reference=round(ref_ms / t.median_ms, 3),
+            speedup_vs_trl=round(trl_ms / t.median_ms, 3),
+            masks_failed_judgements=name != "trl_inline_formula",
+        )
+        for name, t in timings.items()
+    }
+
+
+def run(ctx: BenchContext) -> Iterator[dict]:
+    return run_cases(ctx, cases(ctx), "group_advantages")

@@ -28,7 +28,7 @@ from typing import Iterator
 
 import torch
 
-from benchmarks.common import BenchContext, measurement, peak_memory_bytes, time_fn
+from benchmarks.common import BenchContext, Case, run_cases, time_fn
 from mpo_fast.parsing import ScoreSpec, parse_scores
 from mpo_fast.parsing.api import default_threads, resolve_backend
 from mpo_fast.reference import parse_scores as oracle
@@ -240,7 +240,7 @@ def _cpu_time_ms(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def run(ctx: BenchContext) -> Iterator[dict]:
+def cases(ctx: BenchContext) -> Iterator[Case]:
     n_per_format = 200 if ctx.quick else 4000
     corpus = make_corpus(n_per_format)
     total = _corpus_bytes(corpus)
@@ -258,51 +258,75 @@ def run(ctx: BenchContext) -> Iterator[dict]:
     # The oracle is ~50x slower than re: time it on a tenth of the corpus, rates are per byte.
     small = [(label, spec, texts[: max(1, len(texts) // 10)], e) for label, spec, texts, e in corpus]
     fns["reference"] = (lambda: [oracle.parse_scores(texts, spec) for _, spec, texts, _ in small], _corpus_bytes(small), 1)
+    unavailable = {}
     if resolve_backend("auto") == "cpu":
         fns["cpu_1thread"] = (run_parse("cpu", 1), total, 1)
         threads = default_threads()
         if threads > 1:
             fns[f"cpu_{threads}threads"] = (run_parse("cpu", threads), total, threads)
-    results = {}
-    for name, (fn, nbytes, threads) in fns.items():
-        t = time_fn(fn, device="cpu", repeats=ctx.repeats, warmup=ctx.warmup)
-        results[name] = (t, _cpu_time_ms(fn, ctx.repeats), nbytes, threads)
-    re_t, re_cpu, _, _ = results["python_re"]
-    for name, (t, cpu_ms, nbytes, threads) in results.items():
-        scale = total / nbytes  # the oracle ran on a tenth of the bytes
-        yield measurement(
-            name, shape, "fwd", t, peak_memory_bytes(fns[name][0]),
-            mb_per_s=round(nbytes / t.median_ms * 1e3 / 1e6, 1),
-            threads=threads,
-            speedup_vs_python_re=round(re_t.median_ms / (t.median_ms * scale), 2),
-            cpu_time_ms=round(cpu_ms, 4),
-            mb_per_s_cpu_time=round(nbytes / max(cpu_ms, 1e-9) * 1e3 / 1e6, 1),
-            speedup_vs_python_re_cpu_time=round(re_cpu / (max(cpu_ms, 1e-9) * scale), 2) if threads == 1 else None,
-            timed_bytes=nbytes,
-        )
+    else:
+        unavailable["cpu_1thread"] = f"the C++ parser is not the resolved backend here (auto -> {resolve_backend('auto')})"
+
+    def extras(timings, peaks):
+        cpu_ms = {name: _cpu_time_ms(fns[name][0], ctx.repeats) for name in timings}
+        re_t, re_cpu = timings["python_re"], cpu_ms["python_re"]
+        out = {}
+        for name, t in timings.items():
+            _, nbytes, threads = fns[name]
+            scale = total / nbytes  # the oracle ran on a tenth of the bytes
+            out[name] = dict(
+                mb_per_s=round(nbytes / t.median_ms * 1e3 / 1e6, 1),
+                threads=threads,
+                speedup_vs_python_re=round(re_t.median_ms / (t.median_ms * scale), 2),
+                cpu_time_ms=round(cpu_ms[name], 4),
+                mb_per_s_cpu_time=round(nbytes / max(cpu_ms[name], 1e-9) * 1e3 / 1e6, 1),
+                speedup_vs_python_re_cpu_time=round(re_cpu / (max(cpu_ms[name], 1e-9) * scale), 2) if threads == 1 else None,
+                timed_bytes=nbytes,
+            )
+        return out
+
+    # Ratios are per call: the oracle's work_scale (bytes timed / corpus bytes) is the same in every
+    # run, so ratios of ratios across runs (benchmarks.compare) need no rescaling.
+    yield Case(shape, "fwd", {name: fn for name, (fn, _, _) in fns.items()}, reference="reference", peers=("python_re",),
+               extras=extras, unavailable=unavailable, timer=_cpu_timer,
+               info={"timed_bytes": {name: nbytes for name, (_, nbytes, _) in fns.items()}})
     # per format, single thread: where the gap comes from
-    if "cpu_1thread" in results:
+    if "cpu_1thread" in fns:
         for (label, spec, texts, _), (re_fn, _) in zip(corpus, re_parsers):
-            nbytes = sum(len(x.encode()) for x in texts)
-            pair = {
-                "python_re": lambda: re_fn(texts),
-                "cpu_1thread": lambda: parse_scores(texts, spec, backend="cpu", num_threads=1),
-            }
-            timed = {name: (time_fn(fn, repeats=ctx.repeats, warmup=ctx.warmup), _cpu_time_ms(fn, ctx.repeats)) for name, fn in pair.items()}
-            for name, (t, cpu_ms) in timed.items():
-                yield measurement(
-                    name, f"format={label},texts={len(texts)}", "fwd", t, None,
-                    mb_per_s=round(nbytes / t.median_ms * 1e3 / 1e6, 1), threads=1,
-                    speedup_vs_python_re=round(timed["python_re"][0].median_ms / t.median_ms, 2),
-                    cpu_time_ms=round(cpu_ms, 4),
-                    mb_per_s_cpu_time=round(nbytes / max(cpu_ms, 1e-9) * 1e3 / 1e6, 1),
-                    speedup_vs_python_re_cpu_time=round(timed["python_re"][1] / max(cpu_ms, 1e-9), 2),
-                )
+            yield _format_case(ctx, label, spec, texts, re_fn)
     if ctx.device.startswith("cuda"):
-        yield from _run_cuda(ctx, corpus)
+        yield from _cuda_cases(ctx, corpus)
 
 
-def _run_cuda(ctx: BenchContext, corpus, rows: int | None = None) -> Iterator[dict]:
+def _cpu_timer(fn, ctx: BenchContext):
+    return time_fn(fn, device="cpu", repeats=ctx.repeats, warmup=ctx.warmup)
+
+
+def _format_case(ctx: BenchContext, label: str, spec: ScoreSpec, texts: list[str], re_fn) -> Case:
+    nbytes = sum(len(x.encode()) for x in texts)
+    pair = {
+        "python_re": lambda: re_fn(texts),
+        "cpu_1thread": lambda: parse_scores(texts, spec, backend="cpu", num_threads=1),
+    }
+
+    def extras(timings, peaks):
+        cpu_ms = {name: _cpu_time_ms(pair[name], ctx.repeats) for name in timings}
+        return {
+            name: dict(
+                mb_per_s=round(nbytes / t.median_ms * 1e3 / 1e6, 1), threads=1,
+                speedup_vs_python_re=round(timings["python_re"].median_ms / t.median_ms, 2),
+                cpu_time_ms=round(cpu_ms[name], 4),
+                mb_per_s_cpu_time=round(nbytes / max(cpu_ms[name], 1e-9) * 1e3 / 1e6, 1),
+                speedup_vs_python_re_cpu_time=round(cpu_ms["python_re"] / max(cpu_ms[name], 1e-9), 2),
+            )
+            for name, t in timings.items()
+        }
+
+    return Case(f"format={label},texts={len(texts)}", "fwd", pair, peers=("python_re",), extras=extras,
+                timer=_cpu_timer, measure_peak=False)
+
+
+def _cuda_cases(ctx: BenchContext, corpus, rows: int | None = None) -> Iterator[Case]:
     """Token-id parsing on the GPU: 64k tag-format judge outputs, and the fused parse + advantages.
     (On CPU tensors under TRITON_INTERPRET=1 with a few rows, this path can be dry-run.)"""
     from mpo_fast.parsing.tokens import parse_scores_and_advantages, parse_token_scores, token_byte_table
@@ -330,18 +354,28 @@ def _run_cuda(ctx: BenchContext, corpus, rows: int | None = None) -> Iterator[di
     table = table.to(device)
     nbytes = sum(len(t.encode()) for t in texts_n)
     shape = f"rows={n},T={T},tokenizer={name}"
-    fn = lambda: parse_token_scores(ids, lengths, table, spec, backend="triton")  # noqa: E731
-    t = time_fn(fn, device=device, repeats=ctx.repeats, warmup=ctx.warmup)
-    yield measurement("triton_token_ids", shape, "fwd", t, peak_memory_bytes(fn, device=device),
-                      mb_per_s=round(nbytes / t.median_ms * 1e3 / 1e6, 1), rows_per_s=round(n / t.median_ms * 1e3))
-    fused = lambda: parse_scores_and_advantages(ids, lengths, table, spec, 16, backend="triton")  # noqa: E731
-    t = time_fn(fused, device=device, repeats=ctx.repeats, warmup=ctx.warmup)
-    yield measurement("triton_fused_parse_advantages", shape + ",G=16", "fwd", t, peak_memory_bytes(fused, device=device),
-                      rows_per_s=round(n / t.median_ms * 1e3))
+    on_device = lambda: parse_token_scores(ids, lengths, table, spec, backend="triton")  # noqa: E731
     # the path without this kernel: copy ids to the host, decode with the tokenizer, parse in C++
     host = lambda: parse_scores(tokenizer.batch_decode(ids.cpu().tolist()) if tokenizer else texts_n, spec)  # noqa: E731
-    t = time_fn(host, device=device, repeats=max(1, ctx.repeats // 4), warmup=1)
-    yield measurement("host_decode_then_cpu_parse", shape, "fwd", t, None, rows_per_s=round(n / t.median_ms * 1e3))
+
+    def timer(fn, ctx):  # the host path takes seconds a call: a quarter of the repeats
+        slow = fn is host or getattr(fn, "__wrapped__", None) is host
+        return time_fn(fn, device=device, repeats=max(1, ctx.repeats // 4) if slow else ctx.repeats, warmup=1 if slow else ctx.warmup)
+
+    def extras(timings, peaks):
+        out = {name: dict(rows_per_s=round(n / t.median_ms * 1e3)) for name, t in timings.items()}
+        out["triton_token_ids"]["mb_per_s"] = round(nbytes / timings["triton_token_ids"].median_ms * 1e3 / 1e6, 1)
+        return out
+
+    yield Case(shape, "fwd", {"triton_token_ids": on_device, "host_decode_then_cpu_parse": host},
+               peers=("host_decode_then_cpu_parse",), extras=extras, timer=timer)
+    fused = lambda: parse_scores_and_advantages(ids, lengths, table, spec, 16, backend="triton")  # noqa: E731
+    yield Case(shape + ",G=16", "fwd", {"triton_fused_parse_advantages": fused},
+               extras=lambda timings, peaks: {k: dict(rows_per_s=round(n / t.median_ms * 1e3)) for k, t in timings.items()})
+
+
+def run(ctx: BenchContext) -> Iterator[dict]:
+    return run_cases(ctx, cases(ctx), "parse_scores")
 
 
 def _benchmark_tokenizer():

@@ -18,8 +18,7 @@ from typing import Iterator
 
 import torch
 
-from benchmarks.common import BenchContext, measurement, peak_memory_bytes, time_fn
-from mpo_fast._backend import backends
+from benchmarks.common import BenchContext, Case, backend_providers, once, run_cases, time_fn
 from mpo_fast.ops.policy_loss import policy_loss
 
 CLIP_LOW, CLIP_HIGH, KL_COEF = 0.2, 0.28, 0.04
@@ -76,43 +75,55 @@ def _inputs(batch: int, steps: int, device: str):
     return [x.to(device) for x in (logp, old, adv, mask, ref_lp)]
 
 
-def run(ctx: BenchContext) -> Iterator[dict]:
+def cases(ctx: BenchContext) -> Iterator[Case]:
     device = ctx.device
     shapes = [(64, 1024)] if ctx.quick else [(64, 1024), (512, 4096)]
-    info = backends()
-    fast = [b for b in (("triton",) if device == "cuda" else ("cpu",)) if info[b].available]
-    bandwidth = copy_bandwidth(device)
+    fast, unavailable = backend_providers(device, gpu=("triton",))
+    bandwidth = once(lambda: copy_bandwidth(device))
     for batch, steps in shapes:
-        logp, old, adv, mask, ref_lp = _inputs(batch, steps, device)
-        maskf = mask.float()
-        shape = f"B={batch},T={steps}"
+        yield from _cases(batch, steps, device, fast, unavailable, bandwidth)
 
-        def ours(backend):
-            return lambda x: policy_loss(x, old, adv, mask, ref_logp=ref_lp, clip_low=CLIP_LOW, clip_high=CLIP_HIGH,
-                                         kl_coef=KL_COEF, backend=backend).loss
 
-        fns = {"reference": ours("reference")}
-        fns.update({b: ours(b) for b in fast})
-        fns["trl_grpo_loss"] = lambda x: _trl_grpo_loss(x, old, adv, maskf, ref_lp)[0]
-        fns["torch_formula"] = lambda x: _torch_formula(x, old, adv, maskf, ref_lp)
-        for pass_, per_token_bytes in (("fwd", 17), ("fwd_bwd", 25)):
-            floor_ms = batch * steps * per_token_bytes / bandwidth * 1e3
-            calls = {}
-            for name, fn in fns.items():
-                x = logp.clone().requires_grad_()
-                if pass_ == "fwd":
-                    calls[name] = lambda fn=fn, x=x: fn(x)
-                else:  # set_to_none, as zero_grad does: no accumulation pass charged to anyone
-                    calls[name] = lambda fn=fn, x=x: (setattr(x, "grad", None), fn(x).backward())
-            timings = {n: time_fn(c, device=device, repeats=ctx.repeats, warmup=ctx.warmup) for n, c in calls.items()}
+def _cases(batch: int, steps: int, device: str, fast: list[str], unavailable: dict, bandwidth) -> Iterator[Case]:
+    logp, old, adv, mask, ref_lp = _inputs(batch, steps, device)
+    maskf = mask.float()
+    shape = f"B={batch},T={steps}"
+
+    def ours(backend):
+        return lambda x: policy_loss(x, old, adv, mask, ref_logp=ref_lp, clip_low=CLIP_LOW, clip_high=CLIP_HIGH,
+                                     kl_coef=KL_COEF, backend=backend).loss
+
+    fns = {"reference": ours("reference")}
+    fns.update({b: ours(b) for b in fast})
+    fns["trl_grpo_loss"] = lambda x: _trl_grpo_loss(x, old, adv, maskf, ref_lp)[0]
+    fns["torch_formula"] = lambda x: _torch_formula(x, old, adv, maskf, ref_lp)
+    for pass_, per_token_bytes in (("fwd", 17), ("fwd_bwd", 25)):
+        floor_ms = once(lambda per_token_bytes=per_token_bytes: batch * steps * per_token_bytes / bandwidth() * 1e3)
+        calls = {}
+        for name, fn in fns.items():
+            x = logp.clone().requires_grad_()
+            if pass_ == "fwd":
+                calls[name] = lambda fn=fn, x=x: fn(x)
+            else:  # set_to_none, as zero_grad does: no accumulation pass charged to anyone
+                calls[name] = lambda fn=fn, x=x: (setattr(x, "grad", None), fn(x).backward())
+
+        def extras(timings, peaks, floor_ms=floor_ms):
             ref_ms = timings["reference"].median_ms
             trl_ms = timings["trl_grpo_loss"].median_ms
-            for name, t in timings.items():
-                yield measurement(
-                    name, shape, pass_, t, peak_memory_bytes(calls[name], device=device),
-                    floor_ms=round(floor_ms, 4),
-                    ratio_to_floor=round(t.median_ms / floor_ms, 2),
+            return {
+                name: dict(
+                    floor_ms=round(floor_ms(), 4),
+                    ratio_to_floor=round(t.median_ms / floor_ms(), 2),
                     speedup_vs_reference=round(ref_ms / t.median_ms, 3),
                     speedup_vs_trl=round(trl_ms / t.median_ms, 3),
-                    copy_gb_s=round(bandwidth / 1e9, 2),
+                    copy_gb_s=round(bandwidth() / 1e9, 2),
                 )
+                for name, t in timings.items()
+            }
+
+        yield Case(shape, pass_, calls, reference="reference", peers=("trl_grpo_loss", "torch_formula"),
+                   floor_ms=floor_ms, extras=extras, unavailable=unavailable)
+
+
+def run(ctx: BenchContext) -> Iterator[dict]:
+    return run_cases(ctx, cases(ctx), "policy_loss")
