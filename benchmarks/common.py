@@ -279,6 +279,10 @@ def run_cases(ctx: "BenchContext", cases, op: str):
         if fresh:
             report_unavailable(op, Case(case.shape, case.pass_, {}, unavailable=fresh))
             seen_unavailable |= fresh.keys()
+        # A provider that cannot run here is a record too (no timing, its reason), so the JSON
+        # lines say "TRL: unavailable: <import error>" instead of silently lacking a TRL column.
+        for name, why in case.unavailable.items():
+            yield measurement(name, case.shape, case.pass_, None, None, unavailable=why, role=case.role(name))
         timer = case.timer or default_timer
         calls = {name: provider_call(op, name, fn) for name, fn in case.calls.items()}
         timings = {name: timer(fn, ctx) for name, fn in calls.items()}
