@@ -64,9 +64,9 @@ def _group_advantages_op(
             _native.dtype_code(out.dtype), counts.data_ptr(), num_groups, group_size, _MODE_IDS[mode], eps,
         )
     elif backend == "cuda":
-        _native.cuda_ext.group_advantages(
+        _native.cuda_launches(rewards.device).group_advantages(
             rewards.data_ptr(), _native.dtype_code(rewards.dtype), valid_ptr, out.data_ptr(), counts.data_ptr(),
-            num_groups, group_size, _MODE_IDS[mode], eps, _native.cuda_stream_handle(rewards.device),
+            num_groups, group_size, _MODE_IDS[mode], eps,
         )
     else:
         raise ValueError(f"unknown backend {backend!r}")

@@ -178,7 +178,7 @@ def _tile_kernels(backend: str, device: torch.device):
     if backend == "cpu":
         ext, stream = _native.cpu_ext, ()
     elif backend == "cuda":
-        ext, stream = _native.cuda_ext, (_native.cuda_stream_handle(device),)
+        ext, stream = _native.cuda_launches(device), ()  # guarded launches append the stream
     else:
         raise ValueError(f"unknown backend {backend!r}")
     return functools.partial(_native_fold, ext, stream), functools.partial(_native_grad_, ext, stream)

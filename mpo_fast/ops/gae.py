@@ -58,7 +58,7 @@ def _gae_op(
     if backend == "cpu":
         _native.cpu_ext.gae(*args)
     elif backend == "cuda":
-        _native.cuda_ext.gae(*args, _native.cuda_stream_handle(rewards.device))
+        _native.cuda_launches(rewards.device).gae(*args)
     else:
         raise ValueError(f"unknown backend {backend!r}")
     return adv, ret

@@ -76,7 +76,7 @@ def _forward_op(
     if backend == "cpu":
         _native.cpu_ext.selective_log_softmax_forward(*args)
     elif backend == "cuda":
-        _native.cuda_ext.selective_log_softmax_forward(*args, _native.cuda_stream_handle(logits.device))
+        _native.cuda_launches(logits.device).selective_log_softmax_forward(*args)
     else:
         raise ValueError(f"unknown backend {backend!r}")
     return logp, entropy, lse
@@ -133,7 +133,7 @@ def _backward_op(
     if backend == "cpu":
         _native.cpu_ext.selective_log_softmax_backward(*args)
     elif backend == "cuda":
-        _native.cuda_ext.selective_log_softmax_backward(*args, _native.cuda_stream_handle(x.device))
+        _native.cuda_launches(x.device).selective_log_softmax_backward(*args)
     else:
         raise ValueError(f"unknown backend {backend!r}")
     return grad
