@@ -97,6 +97,14 @@ def _drive_expected_score():
                 expected_score_advantages(logits, ids, vals, 4, mode=mode, min_mass=0.0, backend="triton")
     logits = torch.randn(64, 300)
     expected_score_advantages(logits, torch.arange(10), torch.arange(10.0), 64, backend="triton")  # BLOCK_S 64
+    from mpo_fast.kernels import expected_score as tk  # the split form auto picks for large B (>= 2^20 logits)
+
+    for dtype in FLOATS:
+        for mode in ("grpo", "dr_grpo", "rloo"):
+            x = torch.randn(16, 2100).to(dtype)
+            tk.expected_score_advantages(x, torch.tensor([1, 5, -1]), torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64
+                                         if dtype == torch.float64 else torch.float32), 8, 1.0, 0.0, mode, 1e-6,
+                                         split=True)
 
 
 def _drive_selective_log_softmax():
@@ -127,7 +135,8 @@ DRIVERS = {
                                          "_policy_loss_bwd_kernel"}),
     "gae": (_drive_gae, {"_gae_kernel"}),
     "group_advantages": (_drive_group_advantages, {"_group_advantages_kernel"}),
-    "expected_score": (_drive_expected_score, {"_expected_score_kernel", "_expected_score_advantages_kernel"}),
+    "expected_score": (_drive_expected_score, {"_expected_score_kernel", "_expected_score_advantages_kernel",
+                                               "_advantages_of_rows_kernel"}),
     "selective_log_softmax": (_drive_selective_log_softmax, {"_forward_kernel", "_fold_kernel", "_backward_kernel"}),
 }
 
