@@ -76,7 +76,7 @@ grep -E "^(FAILED|ERROR)" "$out/pytest_gpu.txt" | head -15 >>"$out/summary.txt"
 
 # 4. benchmarks, most important first; whatever the budget leaves
 quick=(); [ "${GPU_CHECKS_QUICK:-0}" = 1 ] && quick=(--quick)
-first="selective_log_softmax fused_linear_logprob policy_loss gae group_advantages expected_score"
+first="selective_log_softmax fused_linear_policy_loss fused_linear_logprob policy_loss gae group_advantages expected_score"
 all="$("$py" -c 'from benchmarks.run import available_ops; print(" ".join(available_ops()))' 2>/dev/null)"
 ops="${GPU_CHECKS_OPS:-$first $(for o in $all; do case " $first " in *" $o "*) ;; *) printf '%s ' "$o";; esac; done)}"
 : >"$out/bench.jsonl"; : >"$out/bench.err"

@@ -180,3 +180,16 @@ def test_gpu_auto_and_peak_memory():
         torch.cuda.synchronize()
         peaks[backend] = torch.cuda.max_memory_allocated() - base
     assert peaks["auto"] < peaks["reference"] / 2, peaks
+
+
+def test_benchmark_module_runs_quick_on_cpu():
+    """benchmarks/ops/fused_linear_policy_loss.py (what gpu_checks.sh runs on CUDA) yields every provider."""
+    from benchmarks.common import BenchContext
+    from benchmarks.ops import fused_linear_policy_loss as bench
+
+    records = list(bench.run(BenchContext(quick=True, device="cpu", repeats=1, warmup=0)))
+    providers = {r["provider"] for r in records}
+    assert {"torch_materialised"} <= providers and all(r["pass"] == "fwd_bwd" for r in records)
+    if "cpu" in available_backends("cpu"):
+        assert {"mpo_cpu", "mpo_logprob_then_loss"} <= providers
+    assert all(r["median_ms"] > 0 and r["floor_ms"] > 0 for r in records)
