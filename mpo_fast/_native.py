@@ -4,6 +4,7 @@ Neither links libtorch: Python hands them `tensor.data_ptr()`, sizes and a dtype
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 
 import torch
@@ -75,3 +76,10 @@ class CudaLaunches:
 
 def cuda_launches(device: torch.device) -> CudaLaunches:
     return CudaLaunches(device)
+
+
+def on_device(device: torch.device):
+    """torch.cuda.device(device) for CUDA tensors, a no-op otherwise: Triton launches on the current
+    device (and its current stream) whatever its pointers' device, like the C-ABI kernels above."""
+    device = torch.device(device)
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()

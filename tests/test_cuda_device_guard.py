@@ -120,3 +120,60 @@ def test_fused_linear_logprob_tiles(fakes):
     fold(tile, ids, 0, 1.0, -100, True, z, z, z, z)
     grad_(tile, ids, 0, 1.0, -100, z, z, torch.ones(3), None)
     _assert_guarded(fakes, ["selective_log_softmax_fold", "selective_log_softmax_backward"])
+
+
+# ---- Triton launches: the same guard (Triton launches on the current device, not the tensors') ----
+@pytest.fixture
+def triton_fakes(monkeypatch):
+    f = _Fakes()
+    monkeypatch.setattr(torch.cuda, "device", f.device)
+    seen = []
+
+    def on_device(device):  # the ops pass their tensors' device (CPU here): pretend it is cuda:1
+        seen.append(torch.device(device))
+        return f.device(GUARDED)
+
+    monkeypatch.setattr(native, "on_device", on_device)
+    f.seen = seen
+    return f
+
+
+def _recording(fakes, name):
+    def kernel(*args, **kwargs):
+        fakes.calls.append((name, fakes.current, 7001))
+        raise _Launched  # stop the op here: the launch site is what is under test
+
+    return kernel
+
+
+class _Launched(Exception):
+    pass
+
+
+@pytest.mark.parametrize("module, fn, call", [
+    ("gae", "gae", lambda: __import__("mpo_fast.ops.gae", fromlist=["_gae_op"])._gae_op(
+        torch.randn(2, 5), torch.randn(2, 5), torch.ones(2, 5, dtype=torch.bool), 1.0, 0.95, "triton")),
+    ("group_advantages", "group_advantages", lambda: __import__(
+        "mpo_fast.ops.advantages", fromlist=["x"])._group_advantages_op(torch.randn(8), None, 4, "grpo", 1e-6, "triton")),
+    ("selective_log_softmax", "forward", lambda: __import__(
+        "mpo_fast.ops.selective_log_softmax", fromlist=["x"])._forward_op(torch.randn(3, 10), torch.tensor([1, 2, 3]),
+                                                                          1.0, -100, True, "triton")),
+    ("selective_log_softmax", "fold", lambda: __import__("mpo_fast.ops.fused_linear_logprob", fromlist=["x"])
+     ._triton_fold(torch.randn(3, 10), torch.tensor([1, 2, 3]), 0, 1.0, -100, False, *[torch.zeros(3)] * 4)),
+    ("policy_loss", "policy_loss_forward", lambda: __import__("mpo_fast.ops.policy_loss", fromlist=["x"])
+     ._policy_loss_op(torch.randn(2, 3), torch.randn(2, 3), torch.randn(2), torch.ones(2, 3, dtype=torch.bool), None,
+                      0.2, 0.2, 0.0, "k3", "token_mean", 3, True, "triton")),
+    ("expected_score", "expected_score", lambda: __import__("mpo_fast.ops.expected_score", fromlist=["x"])
+     ._expected_score_op(torch.randn(4, 20), torch.tensor([1, 2]), torch.tensor([1.0, 2.0]), "triton")),
+])
+def test_triton_launches_are_guarded(triton_fakes, monkeypatch, module, fn, call):
+    pytest.importorskip("triton")
+    import importlib
+
+    kernels = importlib.import_module(f"mpo_fast.kernels.{module}")
+    monkeypatch.setattr(kernels, fn, _recording(triton_fakes, fn))
+    with pytest.raises(_Launched):
+        call()
+    assert [c[:2] for c in triton_fakes.calls] == [(fn, GUARDED)], triton_fakes.calls
+    assert triton_fakes.current == torch.device("cuda", 0)
+    assert triton_fakes.seen and all(d == torch.device("cpu") for d in triton_fakes.seen)

@@ -53,7 +53,8 @@ def _group_advantages_op(
     if backend == "triton":
         from ..kernels import group_advantages as tk
 
-        return tk.group_advantages(rewards, valid, group_size, mode, eps)
+        with _native.on_device(rewards.device):
+            return tk.group_advantages(rewards, valid, group_size, mode, eps)
     num_groups = rewards.numel() // group_size
     out = torch.empty(rewards.numel(), dtype=_out_dtype(rewards.dtype), device=rewards.device)
     counts = torch.empty(num_groups, dtype=torch.int32, device=rewards.device)

@@ -48,7 +48,8 @@ def _gae_op(
     if backend == "triton":
         from ..kernels import gae as tk
 
-        return tk.gae(rewards, values, mask, gamma, lam)
+        with _native.on_device(rewards.device):
+            return tk.gae(rewards, values, mask, gamma, lam)
     batch, steps = rewards.shape
     acc = _acc_dtype(rewards.dtype)
     adv = rewards.new_empty((batch, steps), dtype=acc)

@@ -62,7 +62,8 @@ def _forward_op(
     if backend == "triton":
         from ..kernels import selective_log_softmax as tk
 
-        return tk.forward(x, ids, 1.0 / temperature, ignore_index, with_entropy)
+        with _native.on_device(x.device):
+            return tk.forward(x, ids, 1.0 / temperature, ignore_index, with_entropy)
     acc = acc_dtype(logits.dtype)
     logp = torch.empty(n, dtype=acc, device=logits.device)
     lse = torch.empty(n, dtype=acc, device=logits.device)
@@ -120,7 +121,9 @@ def _backward_op(
     if backend == "triton":
         from ..kernels import selective_log_softmax as tk
 
-        return tk.backward(x, ids, lse, entropy if ge is not None else None, gl, ge, 1.0 / temperature, ignore_index)
+        with _native.on_device(x.device):
+            return tk.backward(x, ids, lse, entropy if ge is not None else None, gl, ge, 1.0 / temperature,
+                               ignore_index)
     n, v = x.shape
     grad = torch.empty((n, v), dtype=x.dtype, device=x.device)
     if n == 0:
