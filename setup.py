@@ -13,9 +13,50 @@ import subprocess
 import sys
 from pathlib import Path
 
-from setuptools import Extension, setup
-from setuptools.command.build_ext import build_ext
-from setuptools.command.build_py import build_py
+PREREQS_FIX = 'pip install "pybind11>=2.12" "setuptools>=77"'
+
+
+def _version_tuple(text):
+    parts = []
+    for piece in str(text).split(".")[:3]:
+        digits = "".join(ch for ch in piece if ch.isdigit())
+        parts.append(int(digits) if digits else 0)
+    return tuple(parts)
+
+
+def check_build_prerequisites():
+    """With build isolation pip installs pyproject's build requirements itself; with
+    --no-build-isolation (against a CUDA torch already installed) they must be there already, and
+    the failures they cause otherwise (pyproject's SPDX license string rejected by setuptools < 77,
+    pybind11's CMake config missing) do not say what to install."""
+    problems = []
+    try:
+        import setuptools
+    except ImportError:
+        problems.append("setuptools is not installed")
+    else:
+        if _version_tuple(setuptools.__version__) < (77,):
+            problems.append(f"setuptools {setuptools.__version__} is older than 77")
+    try:
+        import pybind11
+    except ImportError:
+        problems.append("pybind11 is not installed")
+    else:
+        if _version_tuple(pybind11.__version__) < (2, 12):
+            problems.append(f"pybind11 {pybind11.__version__} is older than 2.12")
+    if problems:
+        raise SystemExit(
+            "mpo_fast cannot build: " + "; ".join(problems) + ". Building with --no-build-isolation uses the "
+            f"packages already installed, so first run:\n    {PREREQS_FIX}\n(an offline GPU machine: install them "
+            "from the wheelhouse scripts/gpu_wheelhouse.sh prepares, with pip install --no-index --find-links .wheelhouse)"
+        )
+
+
+check_build_prerequisites()
+
+from setuptools import Extension, setup  # noqa: E402
+from setuptools.command.build_ext import build_ext  # noqa: E402
+from setuptools.command.build_py import build_py  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
 

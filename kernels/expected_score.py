@@ -18,6 +18,12 @@ from .group_advantages import MODE_IDS
 # 2048 lanes x fp32 accumulators (max, sum) = 16 KB of registers per program: enough in flight
 # to saturate bandwidth without spilling (V = 151,936 takes 75 iterations).
 BLOCK_V = 2048
+# The fused expected-score + advantages kernel runs one program per prompt group, each streaming its
+# group_size rows one after another: with B = 512 judgements in groups of 8 that is 64 programs for
+# 132 SMs (an H100), under half the chip, each 8 x 304 KB long. From 2^20 logits on (3 rows of the
+# 151,936 vocabulary: ~4 us of HBM time, about a launch) the op splits into a row-parallel launch
+# and a per-group one (issue 18).
+SPLIT_MIN_ELEMENTS = 1 << 20
 
 
 @triton.jit
@@ -62,7 +68,7 @@ def _expected_score_kernel(
     logits_ptr, stride_row, V,
     ids_ptr, ids_stride, vals_ptr, vals_stride, K,
     expected_ptr, mass_ptr, logp_ptr,
-    ACC: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_K: tl.constexpr,
+    ACC: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_K: tl.constexpr, WRITE_LOGP: tl.constexpr = True,
 ):
     row = tl.program_id(0).to(tl.int64)
     expected, mass, logp = _row_expected(
@@ -71,8 +77,27 @@ def _expected_score_kernel(
     )
     tl.store(expected_ptr + row, expected)
     tl.store(mass_ptr + row, mass)
-    k = tl.arange(0, BLOCK_K)
-    tl.store(logp_ptr + row * K + k, logp, mask=k < K)
+    if WRITE_LOGP:
+        k = tl.arange(0, BLOCK_K)
+        tl.store(logp_ptr + row * K + k, logp, mask=k < K)
+
+
+@triton.jit
+def _group_advantages(rewards, valid, eps, MODE: tl.constexpr, ACC: tl.constexpr):
+    """(advantages, valid count) of one group; same math as kernels.group_advantages
+    (see mpo_fast/reference/advantages.py). rewards are 0 where not valid."""
+    n = tl.sum(valid.to(tl.int32), axis=0)
+    nf = n.to(ACC)
+    mean = tl.sum(rewards, axis=0) / tl.maximum(nf, 1.0)
+    dev = tl.where(valid, rewards - mean, 0.0)
+    if MODE == 0:
+        var = tl.sum(dev * dev, axis=0) / tl.maximum(nf - 1.0, 1.0)
+        factor = 1.0 / (tl.sqrt(var) + eps)
+    elif MODE == 2:
+        factor = nf / tl.maximum(nf - 1.0, 1.0)
+    else:
+        factor = 1.0
+    return tl.where(valid & (n >= 2), dev * factor, 0.0), n
 
 
 @triton.jit
@@ -101,21 +126,26 @@ def _expected_score_advantages_kernel(
         valid_i = tl.where(members == r, ok, valid_i)
         rewards = tl.where(members == r, expected * scale, rewards)
     valid = valid_i != 0
-    rewards = tl.where(valid, rewards, 0.0)
-    # Same math as kernels.group_advantages (see mpo_fast/reference/advantages.py).
-    n = tl.sum(valid.to(tl.int32), axis=0)
-    nf = n.to(ACC)
-    mean = tl.sum(rewards, axis=0) / tl.maximum(nf, 1.0)
-    dev = tl.where(valid, rewards - mean, 0.0)
-    if MODE == 0:
-        var = tl.sum(dev * dev, axis=0) / tl.maximum(nf - 1.0, 1.0)
-        factor = 1.0 / (tl.sqrt(var) + eps)
-    elif MODE == 2:
-        factor = nf / tl.maximum(nf - 1.0, 1.0)
-    else:
-        factor = 1.0
-    adv = tl.where(valid & (n >= 2), dev * factor, 0.0)
+    adv, n = _group_advantages(tl.where(valid, rewards, 0.0), valid, eps, MODE, ACC)
     tl.store(adv_ptr + group * group_size + members, adv, mask=members < group_size)
+    tl.store(counts_ptr + group, n)
+
+
+@triton.jit
+def _advantages_of_rows_kernel(
+    expected_ptr, mass_ptr, group_size, scale, min_mass, eps, adv_ptr, counts_ptr,
+    MODE: tl.constexpr, ACC: tl.constexpr, BLOCK_S: tl.constexpr,
+):
+    """The split form's second launch: one program per group over the rows' expected and mass."""
+    group = tl.program_id(0).to(tl.int64)
+    members = tl.arange(0, BLOCK_S)
+    inb = members < group_size
+    rows = group * group_size + members
+    expected = tl.load(expected_ptr + rows, mask=inb, other=0.0)
+    mass = tl.load(mass_ptr + rows, mask=inb, other=0.0)
+    valid = inb & (mass >= min_mass) & (expected == expected)  # x == x: not NaN
+    adv, n = _group_advantages(tl.where(valid, expected * scale, 0.0), valid, eps, MODE, ACC)
+    tl.store(adv_ptr + rows, adv, mask=inb)
     tl.store(counts_ptr + group, n)
 
 
@@ -153,9 +183,13 @@ def expected_score(
 
 def expected_score_advantages(
     logits: torch.Tensor, token_ids: torch.Tensor, values: torch.Tensor, group_size: int,
-    scale: float, min_mass: float, mode: str, eps: float,
+    scale: float, min_mass: float, mode: str, eps: float, split: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Fused form: (expected [B], mass [B], advantages [B], int32 counts [B / group_size])."""
+    """(expected [B], mass [B], advantages [B], int32 counts [B / group_size]).
+
+    split=None picks: the fused form (one program per group, one launch) for small work, the split
+    form (one program per row, then one per group) once rows * vocab >= SPLIT_MIN_ELEMENTS.
+    """
     rows, vocab = logits.shape
     k = token_ids.shape[-1]
     acc, tl_acc = _acc(logits.dtype)
@@ -168,6 +202,22 @@ def expected_score_advantages(
         return expected, mass, adv, counts
     ids, ids_stride = _row_args(token_ids)
     vals, vals_stride = _row_args(values)
+    if split is None:
+        split = group_size > 1 and rows * vocab >= SPLIT_MIN_ELEMENTS
+    block_v = min(BLOCK_V, triton.next_power_of_2(vocab))
+    if split:
+        # One program per row streams the logits (group_size times the fused form's programs), then
+        # one tiny program per group turns (expected, mass) into advantages: two launches, ~5 us more.
+        _expected_score_kernel[(rows,)](
+            logits, logits.stride(0), vocab, ids, ids_stride, vals, vals_stride, k,
+            expected, mass, expected,  # logp is not written (WRITE_LOGP=False): any pointer will do
+            ACC=tl_acc, BLOCK_V=block_v, BLOCK_K=triton.next_power_of_2(k), WRITE_LOGP=False,
+        )
+        _advantages_of_rows_kernel[(num_groups,)](
+            expected, mass, group_size, scale, min_mass, eps, adv, counts,
+            MODE=MODE_IDS[mode], ACC=tl_acc, BLOCK_S=triton.next_power_of_2(group_size),
+        )
+        return expected, mass, adv, counts
     _expected_score_advantages_kernel[(num_groups,)](
         logits, logits.stride(0), vocab, ids, ids_stride, vals, vals_stride, k,
         group_size, scale, min_mass, eps,

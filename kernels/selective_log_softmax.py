@@ -1,8 +1,8 @@
 """Triton selective log-softmax: log p(id), entropy and the gradient to the logits.
 
-Forward: one program per row streams the row once in BLOCK-wide slices, keeping an online
-(max, sum e^(z-max), sum e^(z-max)(z-max)) in fp32 (fp64 for fp64 logits), and writes three
-numbers per row: logp, entropy, lse. Backward: a 2-D grid (row, slice) recomputes
+Forward: one program per row streams the row once in BLOCK-wide slices, each of the BLOCK lanes
+keeping its own online (max, sum e^(z-max), sum e^(z-max)(z-max)) in fp32 (fp64 for fp64 logits),
+combined once at the end of the row; it writes three numbers per row: logp, entropy, lse. Backward: a 2-D grid (row, slice) recomputes
 p = exp(z - lse) and writes the gradient slice; no [N, V] temporary in either direction.
 
 The same kernels serve fused_linear_logprob, whose logits exist one [tokens, vocab-chunk] tile at
@@ -31,28 +31,40 @@ BWD_WARPS = 8
 def _row_stats(row_ptr, n_cols, inv_t, ENTROPY: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
     """(shift, s, t) of one row: s = sum e^(z - shift), t = sum e^(z - shift)(z - shift), z = x * inv_t.
 
-    shift is the running max, or 0 while every value seen is -inf (so -inf - -inf never happens);
-    a NaN or +inf anywhere turns s into NaN, which the caller reports for this row only.
+    Per-lane online statistics, as the CUDA kernel keeps per thread: each of the BLOCK lanes carries
+    its own (max m, sum s, sum t) over the columns it visits, updated elementwise with ONE exp per
+    element: e = exp(-|x - m|) is the new element's weight when x <= m, and the old sum's rescale
+    when x > m (then the new element weighs 1). The lanes are combined once, after the loop (one
+    max and two sums per row), instead of 2-3 block reductions (shared memory and barriers) every
+    BLOCK elements as before (issue 18).
+
+    shift is the max, or 0 while every value is -inf (so -inf - -inf never happens); a NaN or +inf
+    anywhere turns s into NaN, which the caller reports for this row only.
     """
-    shift = tl.zeros([], ACC)
-    m = tl.full([], float("-inf"), ACC)
-    s = tl.zeros([], ACC)
-    t = tl.zeros([], ACC)
+    m = tl.full([BLOCK], float("-inf"), ACC)
+    s = tl.zeros([BLOCK], ACC)
+    t = tl.zeros([BLOCK], ACC)
     for start in range(0, n_cols, BLOCK):
         offs = start + tl.arange(0, BLOCK)
         x = tl.load(row_ptr + offs, mask=offs < n_cols, other=float("-inf")).to(ACC) * inv_t
-        new_m = tl.maximum(m, tl.max(x, axis=0))
-        new_shift = tl.where(new_m == float("-inf"), 0.0, new_m)
-        alpha = tl.exp(shift - new_shift)  # <= 1; 1 while nothing finite has been seen
-        d = x - new_shift
-        e = tl.exp(d)  # -inf (masked or real) -> 0
+        gt = x > m  # a new lane max (a NaN x is never gt: it lands in s below)
+        d = tl.where(gt, m - x, x - m)  # <= 0; NaN for -inf - -inf, excluded next
+        e = tl.exp(tl.where(x == float("-inf"), float("-inf"), d))  # a -inf element weighs 0
         if ENTROPY:
-            carried = tl.where(s > 0, alpha * (t + (shift - new_shift) * s), 0.0)
-            t = carried + tl.sum(tl.where(e > 0, e * d, 0.0), axis=0)
-        s = s * alpha + tl.sum(e, axis=0)
-        m = new_m
-        shift = new_shift
-    return shift, s, t
+            # x > m: old terms e^(z-m)(z-m) become e^(z-x)(z-x) = e (e^(z-m)((z-m) + (m-x))); x weighs e^0 * 0
+            rescaled = tl.where(s > 0, e * (t + (m - x) * s), 0.0)
+            t = tl.where(gt, rescaled, t + tl.where(e > 0, e * d, 0.0))
+        s = tl.where(gt, s * e + 1.0, s + e)
+        m = tl.where(gt, x, m)
+    big = tl.max(m, axis=0)
+    shift = tl.where(big == float("-inf"), 0.0, big)
+    scale = tl.exp(m - shift)  # a lane that saw only -inf: 0 (and its s, t are 0); +inf: NaN
+    if ENTROPY:
+        t_row = tl.sum(tl.where(s > 0, scale * (t + (m - shift) * s), 0.0), axis=0)
+    else:
+        t_row = tl.zeros([], ACC)
+    s_row = tl.sum(s * scale, axis=0)
+    return shift, s_row, t_row
 
 
 @triton.jit
@@ -134,6 +146,19 @@ def _fold_kernel(
 
 
 @triton.jit
+def _round_to(x, OUT: tl.constexpr):
+    """x (fp32/fp64) in the output dtype; fp32 -> bf16 rounds to nearest even by hand, as torch and the
+    GPU cast do: the CPU interpreter's cast truncates, one bf16 ulp (0.4%) low on half the entries."""
+    if (OUT == tl.bfloat16) and (x.dtype == tl.float32):
+        bits = x.to(tl.uint32, bitcast=True)
+        rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
+        rounded = tl.where(x != x, (bits >> 16) | 0x40, rounded)  # NaN stays a quiet NaN
+        return rounded.to(tl.uint16).to(tl.bfloat16, bitcast=True)
+    else:
+        return x.to(OUT)
+
+
+@triton.jit
 def _backward_kernel(
     logits_ptr, ids_ptr, lse_ptr, entropy_ptr, grad_logp_ptr, grad_entropy_ptr, grad_ptr,
     n_cols, row_stride, grad_row_stride, vocab_start, ignore_index, inv_t,
@@ -163,7 +188,7 @@ def _backward_kernel(
             g = tl.where(p == 0, 0.0, g)  # a -inf logit: p = 0 and (log p + entropy) = -inf; gradient 0
         if HAS_LOGP:
             g += tl.where(offs + vocab_start == target, gl, 0.0)
-        tl.store(out_ptrs, (g * inv_t).to(grad_ptr.dtype.element_ty), mask=mask)
+        tl.store(out_ptrs, _round_to(g * inv_t, grad_ptr.dtype.element_ty), mask=mask)
 
 
 def _acc(dtype: torch.dtype):

@@ -26,6 +26,7 @@ _EXPORTS = {
     "TokenLogProbs": "mpo_fast.ops.selective_log_softmax",
     "selective_log_softmax": "mpo_fast.ops.selective_log_softmax",
     "fused_linear_logprob": "mpo_fast.ops.fused_linear_logprob",
+    "fused_linear_policy_loss": "mpo_fast.ops.fused_linear_policy_loss",
     "policy_loss": "mpo_fast.ops.policy_loss",
     "PolicyLossOutput": "mpo_fast.ops.policy_loss",
     "gae": "mpo_fast.ops.gae",

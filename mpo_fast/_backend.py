@@ -35,6 +35,7 @@ class BackendInfo:
     available: bool
     reason: str
     built: bool | None = None  # native backends: whether the extension module exists at all
+    driver_problem: bool = False  # cuda: built, but the CUDA driver refused it (too old, missing, no device)
 
     def __str__(self) -> str:  # readable in `print(mpo_fast.backends())`
         return f"{'available' if self.available else 'unavailable'}: {self.reason}"
@@ -88,7 +89,14 @@ def _info_cuda() -> BackendInfo:
     count, err = ext.device_count()
     archs = ext.cuda_archs
     if count == 0:
-        return BackendInfo(False, f"CUDA extension built (archs {archs}) but no usable GPU: {err or 'no devices'}", built=True)
+        return BackendInfo(
+            False,
+            f"CUDA extension built (archs {archs}) but the CUDA driver reports no usable GPU: {err or 'no devices'}; "
+            "if torch sees a GPU, the driver is older than the toolkit the extension was built with: update the "
+            "driver or rebuild with the toolkit that matches it",
+            built=True,
+            driver_problem=True,
+        )
     if not torch.cuda.is_available():
         return BackendInfo(False, f"CUDA extension built (archs {archs}) but this torch has no CUDA support: install a CUDA build of torch", built=True)
     return BackendInfo(True, f"CUDA extension built (archs {archs}), {count} device(s)", built=True)
@@ -109,6 +117,16 @@ def backends() -> dict[str, BackendInfo]:
 
 
 _logged_fallbacks: set[tuple[str, str]] = set()
+_warned_cuda_driver = False
+
+
+def _warn_cuda_driver_once(reason: str) -> None:
+    """`auto` on CUDA tensors skipping the built CUDA backend because of the driver is worth a warning
+    (the run is slower than it should be and nothing else says so), once per process (issue 18)."""
+    global _warned_cuda_driver
+    if not _warned_cuda_driver:
+        _warned_cuda_driver = True
+        log.warning("mpo_fast: the CUDA backend is unavailable, `auto` uses Triton or the reference instead: %s", reason)
 
 
 def _log_fallback_once(op: str, device_type: str, reason: str) -> None:
@@ -167,6 +185,8 @@ def resolve(op: str, requested: str | None, device: torch.device, supported: tup
         info = backend_info(name)
         if info.available and _runs_on(name, device):
             return name
+        if name == "cuda" and info.driver_problem:
+            _warn_cuda_driver_once(info.reason)
         reasons.append(f"{name}: {info.reason}")
     _log_fallback_once(op, device.type, "; ".join(reasons) or "no fast path for this device")
     return "reference"

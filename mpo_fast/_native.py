@@ -4,6 +4,7 @@ Neither links libtorch: Python hands them `tensor.data_ptr()`, sizes and a dtype
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 
 import torch
@@ -42,3 +43,43 @@ cuda_ext, cuda_ext_error = _try_import("mpo_fast._cuda")
 def cuda_stream_handle(device: torch.device) -> int:
     """The raw cudaStream_t of torch's current stream on `device`, for the C ABI."""
     return torch.cuda.current_stream(device).cuda_stream
+
+
+class CudaLaunches:
+    """mpo_fast._cuda's functions, each called with `device` current and its stream appended.
+
+    The C-ABI kernels launch on the thread's current CUDA device. With tensors on cuda:1 while
+    cuda:0 is current (the default in a process that never set a device), the launch would pair a
+    cuda:1 stream and cuda:1 pointers with a cuda:0 context: "invalid resource handle", or a kernel
+    on the wrong GPU. Every launch therefore runs inside torch.cuda.device(tensor's device), as
+    torch's own ops do with their DeviceGuard (issue 18). Use: cuda_launches(t.device).gae(*args).
+    """
+
+    def __init__(self, device: torch.device):
+        self.device = torch.device(device)
+        if self.device.type != "cuda":
+            raise ValueError(f"CUDA kernels need CUDA tensors, got tensors on {self.device}")
+
+    def __getattr__(self, name: str):
+        if cuda_ext is None:
+            raise RuntimeError(f"mpo_fast._cuda is not importable ({cuda_ext_error}); rebuild with nvcc on PATH")
+        fn = getattr(cuda_ext, name)
+        device = self.device
+
+        def launch(*args):
+            with torch.cuda.device(device):
+                return fn(*args, torch.cuda.current_stream(device).cuda_stream)
+
+        launch.__name__ = name
+        return launch
+
+
+def cuda_launches(device: torch.device) -> CudaLaunches:
+    return CudaLaunches(device)
+
+
+def on_device(device: torch.device):
+    """torch.cuda.device(device) for CUDA tensors, a no-op otherwise: Triton launches on the current
+    device (and its current stream) whatever its pointers' device, like the C-ABI kernels above."""
+    device = torch.device(device)
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()

@@ -69,3 +69,55 @@ def test_unavailable_named_backend_raises_backend_unavailable(monkeypatch):
     monkeypatch.setattr(_backend, "backend_info", lambda name: _backend.BackendInfo(False, "not built here"))
     with pytest.raises(_backend.BackendUnavailableError, match="not built here"):
         _backend.resolve("group_advantages", "cpu", torch.device("cpu"), ("reference", "cpu"))
+
+
+def test_auto_warns_once_when_the_cuda_driver_refuses_the_extension(monkeypatch, caplog):
+    """Issue 18: a built CUDA extension that the driver cannot run (driver older than the toolkit)
+    made `auto` fall back silently; it now says so once per process, at warning level."""
+    import logging
+
+    import mpo_fast._backend as b
+    import mpo_fast._native as native
+
+    class FakeCudaExt:
+        cuda_archs = "80;90"
+
+        @staticmethod
+        def device_count():
+            return 0, "CUDA driver version is insufficient for CUDA runtime version"
+
+    monkeypatch.setattr(native, "cuda_ext", FakeCudaExt())
+    monkeypatch.setattr(b, "_warned_cuda_driver", False)
+    b._info_cuda.cache_clear()
+    try:
+        info = b.backend_info("cuda")
+        assert not info.available and info.driver_problem and "driver" in info.reason
+        with caplog.at_level(logging.WARNING, logger="mpo_fast"):
+            for op in ("gae", "group_advantages", "gae"):
+                chosen = b.resolve(op, "auto", torch.device("cuda"), ("reference", "cuda"))
+                assert chosen == "reference"
+        warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+        assert len(warnings) == 1, [r.getMessage() for r in warnings]
+        assert "CUDA driver version is insufficient" in warnings[0].getMessage()
+        # a named cuda backend still raises with the same reason
+        with pytest.raises(b.BackendUnavailableError, match="driver"):
+            b.resolve("gae", "cuda", torch.device("cuda"), ("reference", "cuda"))
+    finally:
+        b._info_cuda.cache_clear()
+
+
+def test_no_driver_warning_when_the_extension_is_just_not_built(monkeypatch, caplog):
+    import logging
+
+    import mpo_fast._backend as b
+    import mpo_fast._native as native
+
+    monkeypatch.setattr(native, "cuda_ext", None)
+    monkeypatch.setattr(b, "_warned_cuda_driver", False)
+    b._info_cuda.cache_clear()
+    try:
+        with caplog.at_level(logging.WARNING, logger="mpo_fast"):
+            assert b.resolve("gae", "auto", torch.device("cuda"), ("reference", "cuda")) == "reference"
+        assert not [r for r in caplog.records if r.levelno == logging.WARNING]
+    finally:
+        b._info_cuda.cache_clear()

@@ -3,6 +3,10 @@
 
 #include <thread>
 
+#ifdef MPO_FAST_HAVE_OPENMP
+#include <omp.h>
+#endif
+
 namespace mpo_fast {
 std::vector<Registrar>& registrars() {
   static std::vector<Registrar> r;
@@ -17,6 +21,15 @@ PYBIND11_MODULE(_C, m) {
 #else
   m.attr("has_openmp") = false;
 #endif
+  // The threads an `omp parallel` region of this module would use now (OMP_NUM_THREADS as the
+  // runtime read it): tests check their 2-thread subprocess really runs the OpenMP paths (issue 18).
+  m.def("openmp_max_threads", [] {
+#ifdef MPO_FAST_HAVE_OPENMP
+    return omp_get_max_threads();
+#else
+    return 1;
+#endif
+  });
   m.attr("hardware_threads") = static_cast<int>(std::thread::hardware_concurrency());
   for (auto r : mpo_fast::registrars()) r(m);
 }

@@ -1,5 +1,10 @@
 // CUDA generalised advantage estimation (mpo_fast/reference/gae.py is the math): one warp per
 // sequence, walking T backwards in tiles of 32 lanes x 8 steps.
+// Memory access is coalesced (issue 18): a tile is loaded with lane l reading scan positions
+// l, l + 32, ..., l + 224 (consecutive lanes, consecutive times: one 128-byte line per fp32 load
+// instruction instead of 8 lines touched by lanes 8 elements apart), then transposed through
+// shared memory (1 KB per array, padded against bank conflicts) so that each lane owns 8
+// consecutive steps for the scan below; results go back through shared memory the same way.
 //
 // Each step is an affine map of the state (nv = next valid value, A = next valid advantage):
 //   valid t:    nv' = v_t,  A' = gamma nv + gamma lam A + (r_t - v_t)     padding t: identity
@@ -75,14 +80,15 @@ struct TileRegs {
   bool ok[kItems];
 };
 
-// Lane `lane` of tile j holds scan positions lane * 8 + i, i.e. times T - j * kTile - 1 - (lane * 8 + i).
+// Coalesced: register i of lane `lane` holds scan position i * 32 + lane of tile j, i.e. time
+// T - j * kTile - 1 - (i * 32 + lane).
 template <typename Acc>
 __device__ __forceinline__ void load_tile(TileRegs<Acc>& regs, const RowsDev& rew, const RowsDev& val,
                                           const RowsDev& msk, int64_t b, int64_t T, int64_t j, int lane) {
-  const int64_t t_top = T - j * kTile - 1 - static_cast<int64_t>(lane) * kItems;
+  const int64_t t_top = T - j * kTile - 1 - lane;
 #pragma unroll
   for (int i = 0; i < kItems; ++i) {
-    const int64_t t = t_top - i;
+    const int64_t t = t_top - static_cast<int64_t>(i) * 32;
     const bool ok = t >= 0 && load_elem<Acc>(msk, b, t) != Acc(0);
     regs.ok[i] = ok;
     regs.r[i] = ok ? load_elem<Acc>(rew, b, t) : Acc(0);  // padding is never read: it may hold NaN
@@ -90,20 +96,51 @@ __device__ __forceinline__ void load_tile(TileRegs<Acc>& regs, const RowsDev& re
   }
 }
 
+// Shared-memory index of scan position `pos`: one pad word per 32 keeps both the strided
+// (i * 32 + lane) and the run (lane * 8 + i) access patterns free of bank conflicts.
+__device__ __forceinline__ int padded(int pos) { return pos + (pos >> 5); }
+constexpr int kPadded = kTile + kTile / 32;
+
+// The loaded (strided) tile -> each lane's run of 8 consecutive scan positions lane * 8 + i.
+template <typename Acc>
+__device__ __forceinline__ void to_runs(const TileRegs<Acc>& in, Acc* sr, Acc* sv, unsigned char* sok,
+                                        TileRegs<Acc>& out, int lane) {
+#pragma unroll
+  for (int i = 0; i < kItems; ++i) {
+    const int k = padded(i * 32 + lane);
+    sr[k] = in.r[i];
+    sv[k] = in.v[i];
+    sok[k] = in.ok[i];
+  }
+  __syncwarp();
+#pragma unroll
+  for (int i = 0; i < kItems; ++i) {
+    const int k = padded(lane * kItems + i);
+    out.r[i] = sr[k];
+    out.v[i] = sv[k];
+    out.ok[i] = sok[k] != 0;
+  }
+  __syncwarp();  // every lane has read before the buffers are reused for the outputs
+}
+
 template <typename Acc>
 __global__ void __launch_bounds__(32) gae_kernel(RowsDev rew, RowsDev val, RowsDev msk, int64_t T, Acc gamma,
                                                  Acc gamma_lam, Acc* __restrict__ adv_out,
                                                  Acc* __restrict__ ret_out) {
+  __shared__ Acc s_r[kPadded];  // rewards in, advantages out
+  __shared__ Acc s_v[kPadded];  // values in, returns out
+  __shared__ unsigned char s_ok[kPadded];
   const int64_t b = blockIdx.x;
   const int lane = threadIdx.x;
   Acc* adv = adv_out + b * T;
   Acc* ret = ret_out + b * T;
   const int64_t num_tiles = (T + kTile - 1) / kTile;
   Acc nv_carry = 0, adv_carry = 0;
-  TileRegs<Acc> cur, nxt;
-  load_tile(cur, rew, val, msk, b, T, 0, lane);
+  TileRegs<Acc> raw, cur;
+  load_tile(raw, rew, val, msk, b, T, 0, lane);
   for (int64_t j = 0; j < num_tiles; ++j) {
-    if (j + 1 < num_tiles) load_tile(nxt, rew, val, msk, b, T, j + 1, lane);
+    to_runs(raw, s_r, s_v, s_ok, cur, lane);
+    if (j + 1 < num_tiles) load_tile(raw, rew, val, msk, b, T, j + 1, lane);  // in flight during the scan
     AffineMap<Acc> f = identity_map<Acc>();
 #pragma unroll
     for (int i = 0; i < kItems; ++i)
@@ -117,25 +154,33 @@ __global__ void __launch_bounds__(32) gae_kernel(RowsDev rew, RowsDev val, RowsD
     if (lane == 0) before = identity_map<Acc>();
     Acc nv = before.p * nv_carry + before.c;
     Acc a = before.q * nv_carry + before.s * adv_carry + before.d;
-    const int64_t t_top = T - j * kTile - 1 - static_cast<int64_t>(lane) * kItems;
 #pragma unroll
     for (int i = 0; i < kItems; ++i) {
-      const int64_t t = t_top - i;
-      if (t < 0) continue;
-      if (cur.ok[i]) {
+      const int k = padded(lane * kItems + i);
+      if (cur.ok[i]) {  // positions past t = 0 are never ok
         const Acc delta = cur.r[i] + gamma * nv - cur.v[i];
         a = delta + gamma_lam * a;
         nv = cur.v[i];
-        adv[t] = a;
-        ret[t] = a + cur.v[i];
+        s_r[k] = a;
+        s_v[k] = a + cur.v[i];
       } else {
-        adv[t] = Acc(0);
-        ret[t] = Acc(0);
+        s_r[k] = Acc(0);
+        s_v[k] = Acc(0);
       }
     }
+    __syncwarp();
+    const int64_t t_top = T - j * kTile - 1 - lane;
+#pragma unroll
+    for (int i = 0; i < kItems; ++i) {  // coalesced stores, as the loads
+      const int64_t t = t_top - static_cast<int64_t>(i) * 32;
+      if (t < 0) break;
+      const int k = padded(i * 32 + lane);
+      adv[t] = s_r[k];
+      ret[t] = s_v[k];
+    }
+    __syncwarp();  // stores have read the buffers before the next tile's to_runs writes them
     nv_carry = __shfl_sync(kFullMask, nv, 31);
     adv_carry = __shfl_sync(kFullMask, a, 31);
-    if (j + 1 < num_tiles) cur = nxt;
   }
 }
 

@@ -53,7 +53,8 @@ def _group_advantages_op(
     if backend == "triton":
         from ..kernels import group_advantages as tk
 
-        return tk.group_advantages(rewards, valid, group_size, mode, eps)
+        with _native.on_device(rewards.device):
+            return tk.group_advantages(rewards, valid, group_size, mode, eps)
     num_groups = rewards.numel() // group_size
     out = torch.empty(rewards.numel(), dtype=_out_dtype(rewards.dtype), device=rewards.device)
     counts = torch.empty(num_groups, dtype=torch.int32, device=rewards.device)
@@ -64,9 +65,9 @@ def _group_advantages_op(
             _native.dtype_code(out.dtype), counts.data_ptr(), num_groups, group_size, _MODE_IDS[mode], eps,
         )
     elif backend == "cuda":
-        _native.cuda_ext.group_advantages(
+        _native.cuda_launches(rewards.device).group_advantages(
             rewards.data_ptr(), _native.dtype_code(rewards.dtype), valid_ptr, out.data_ptr(), counts.data_ptr(),
-            num_groups, group_size, _MODE_IDS[mode], eps, _native.cuda_stream_handle(rewards.device),
+            num_groups, group_size, _MODE_IDS[mode], eps,
         )
     else:
         raise ValueError(f"unknown backend {backend!r}")

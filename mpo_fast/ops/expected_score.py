@@ -21,7 +21,7 @@ from typing import NamedTuple
 
 import torch
 
-from .. import _backend
+from .. import _backend, _native
 from ..reference import advantages as ref_adv
 from ..reference import expected_score as ref
 
@@ -68,7 +68,8 @@ def _expected_score_op(
     if backend == "triton":
         from ..kernels import expected_score as tk
 
-        return tk.expected_score(logits, token_ids, values)
+        with _native.on_device(logits.device):
+            return tk.expected_score(logits, token_ids, values)
     raise ValueError(f"unknown backend {backend!r}")
 
 
@@ -96,7 +97,8 @@ def _expected_score_advantages_op(
     if backend == "triton":
         from ..kernels import expected_score as tk
 
-        return tk.expected_score_advantages(logits, token_ids, values, group_size, scale, min_mass, mode, eps)
+        with _native.on_device(logits.device):
+            return tk.expected_score_advantages(logits, token_ids, values, group_size, scale, min_mass, mode, eps)
     raise ValueError(f"unknown backend {backend!r}")
 
 

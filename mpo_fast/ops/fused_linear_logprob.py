@@ -158,14 +158,16 @@ def _native_grad_(ext, stream, tile, ids, vocab_start, inv_t, ignore_index, lse,
 def _triton_fold(tile, ids, vocab_start, inv_t, ignore_index, with_entropy, m, s, t, zt, alpha=None):
     from ..kernels import selective_log_softmax as tk
 
-    tk.fold(tile, ids, vocab_start, inv_t, ignore_index, with_entropy, m, s, t, zt, alpha)
+    with _native.on_device(tile.device):
+        tk.fold(tile, ids, vocab_start, inv_t, ignore_index, with_entropy, m, s, t, zt, alpha)
 
 
 def _triton_grad_(tile, ids, vocab_start, inv_t, ignore_index, lse, entropy, grad_logp, grad_entropy):
     from ..kernels import selective_log_softmax as tk
 
-    tk.backward(tile, ids, lse, entropy if grad_entropy is not None else None, grad_logp, grad_entropy, inv_t,
-                ignore_index, vocab_start=vocab_start, out=tile)
+    with _native.on_device(tile.device):
+        tk.backward(tile, ids, lse, entropy if grad_entropy is not None else None, grad_logp, grad_entropy, inv_t,
+                    ignore_index, vocab_start=vocab_start, out=tile)
 
 
 def _tile_kernels(backend: str, device: torch.device):
@@ -178,7 +180,7 @@ def _tile_kernels(backend: str, device: torch.device):
     if backend == "cpu":
         ext, stream = _native.cpu_ext, ()
     elif backend == "cuda":
-        ext, stream = _native.cuda_ext, (_native.cuda_stream_handle(device),)
+        ext, stream = _native.cuda_launches(device), ()  # guarded launches append the stream
     else:
         raise ValueError(f"unknown backend {backend!r}")
     return functools.partial(_native_fold, ext, stream), functools.partial(_native_grad_, ext, stream)

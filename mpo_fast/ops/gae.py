@@ -48,7 +48,8 @@ def _gae_op(
     if backend == "triton":
         from ..kernels import gae as tk
 
-        return tk.gae(rewards, values, mask, gamma, lam)
+        with _native.on_device(rewards.device):
+            return tk.gae(rewards, values, mask, gamma, lam)
     batch, steps = rewards.shape
     acc = _acc_dtype(rewards.dtype)
     adv = rewards.new_empty((batch, steps), dtype=acc)
@@ -58,7 +59,7 @@ def _gae_op(
     if backend == "cpu":
         _native.cpu_ext.gae(*args)
     elif backend == "cuda":
-        _native.cuda_ext.gae(*args, _native.cuda_stream_handle(rewards.device))
+        _native.cuda_launches(rewards.device).gae(*args)
     else:
         raise ValueError(f"unknown backend {backend!r}")
     return adv, ret

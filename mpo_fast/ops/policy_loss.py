@@ -123,10 +123,11 @@ def _policy_loss_op(
     if backend == "triton":
         from ..kernels import policy_loss as tk
 
-        return tk.policy_loss_forward(
-            logp, old_logp, advantages, mask, ref_logp, clip_low, clip_high, kl_coef, kl, aggregation, max_tokens,
-            need_grad,
-        )
+        with _native.on_device(logp.device):
+            return tk.policy_loss_forward(
+                logp, old_logp, advantages, mask, ref_logp, clip_low, clip_high, kl_coef, kl, aggregation, max_tokens,
+                need_grad,
+            )
     if backend != "cpu":
         raise ValueError(f"mpo_fast::policy_loss has no {backend!r} kernel (the reference runs outside the op)")
     batch, steps = logp.shape
@@ -168,7 +169,8 @@ def _policy_loss_backward_op(
     if backend == "triton":
         from ..kernels import policy_loss as tk
 
-        return tk.policy_loss_backward(grad_loss, coef, row_w, glob, grad_dtype)
+        with _native.on_device(coef.device):
+            return tk.policy_loss_backward(grad_loss, coef, row_w, glob, grad_dtype)
     if backend != "cpu":
         raise ValueError(f"mpo_fast::policy_loss_backward has no {backend!r} kernel")
     batch, steps = coef.shape

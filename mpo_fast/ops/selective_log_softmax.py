@@ -62,7 +62,8 @@ def _forward_op(
     if backend == "triton":
         from ..kernels import selective_log_softmax as tk
 
-        return tk.forward(x, ids, 1.0 / temperature, ignore_index, with_entropy)
+        with _native.on_device(x.device):
+            return tk.forward(x, ids, 1.0 / temperature, ignore_index, with_entropy)
     acc = acc_dtype(logits.dtype)
     logp = torch.empty(n, dtype=acc, device=logits.device)
     lse = torch.empty(n, dtype=acc, device=logits.device)
@@ -76,7 +77,7 @@ def _forward_op(
     if backend == "cpu":
         _native.cpu_ext.selective_log_softmax_forward(*args)
     elif backend == "cuda":
-        _native.cuda_ext.selective_log_softmax_forward(*args, _native.cuda_stream_handle(logits.device))
+        _native.cuda_launches(logits.device).selective_log_softmax_forward(*args)
     else:
         raise ValueError(f"unknown backend {backend!r}")
     return logp, entropy, lse
@@ -120,7 +121,9 @@ def _backward_op(
     if backend == "triton":
         from ..kernels import selective_log_softmax as tk
 
-        return tk.backward(x, ids, lse, entropy if ge is not None else None, gl, ge, 1.0 / temperature, ignore_index)
+        with _native.on_device(x.device):
+            return tk.backward(x, ids, lse, entropy if ge is not None else None, gl, ge, 1.0 / temperature,
+                               ignore_index)
     n, v = x.shape
     grad = torch.empty((n, v), dtype=x.dtype, device=x.device)
     if n == 0:
@@ -133,7 +136,7 @@ def _backward_op(
     if backend == "cpu":
         _native.cpu_ext.selective_log_softmax_backward(*args)
     elif backend == "cuda":
-        _native.cuda_ext.selective_log_softmax_backward(*args, _native.cuda_stream_handle(x.device))
+        _native.cuda_launches(x.device).selective_log_softmax_backward(*args)
     else:
         raise ValueError(f"unknown backend {backend!r}")
     return grad

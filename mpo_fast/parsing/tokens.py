@@ -247,6 +247,13 @@ def _triton_kernels():
 
 
 def _run_triton(ids, lengths, table, spec: ScoreSpec, nonces, weights, max_buffer_bytes):
+    from .. import _native
+
+    with _native.on_device(ids.device):  # Triton launches on the current device, not the tensors'
+        return _run_triton_on_device(ids, lengths, table, spec, nonces, weights, max_buffer_bytes)
+
+
+def _run_triton_on_device(ids, lengths, table, spec: ScoreSpec, nonces, weights, max_buffer_bytes):
     kern = _triton_kernels()
     device = ids.device
     B, T = ids.shape

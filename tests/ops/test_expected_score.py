@@ -124,6 +124,33 @@ def test_fused_advantages_match_composition(backend, mode, group_size):
     assert (out.advantages[out.mass < min_mass] == 0).all()
 
 
+@pytest.mark.skipif("triton" not in BACKENDS, reason="triton is not available")
+@pytest.mark.parametrize("mode", ["grpo", "rloo"])
+@pytest.mark.parametrize("group_size", [1, 5])
+def test_split_form_matches_fused_and_reference(mode, group_size):
+    """Large B: one program per row, then one per group (issue 18). The split and fused forms do the
+    same arithmetic per row and per group, so they agree bit for bit; both match the fp64 reference."""
+    from mpo_fast.kernels import expected_score as tk
+
+    rows = group_size * 3
+    logits, ids, values = _case(rows, 3000, 6, torch.bfloat16, seed=40 + group_size)
+    dev = _dev("triton")
+    x, i, v = logits.to(dev), ids.to(dev), values.float().to(dev)
+    min_mass = 0.5
+    fused = tk.expected_score_advantages(x, i, v, group_size, 0.1, min_mass, mode, 1e-6, split=False)
+    split = tk.expected_score_advantages(x, i, v, group_size, 0.1, min_mass, mode, 1e-6, split=True)
+    for a, b, name in zip(fused, split, ("expected", "mass", "advantages", "counts")):
+        assert torch.equal(a.cpu(), b.cpu()), f"{name}: split form differs from fused"
+    r64 = ref.expected_score_advantages(logits.double(), ids, values.double(), group_size, scale=0.1,
+                                        min_mass=min_mass, mode=mode)
+    rs = ref.expected_score_advantages(logits, ids, values.float(), group_size, scale=0.1, min_mass=min_mass,
+                                       mode=mode)
+    assert torch.equal(split[3].cpu(), r64[3])
+    assert_close_to_reference(split[2].cpu(), rs[2], r64[2], floor=2e-6, what="split advantages")
+    # auto picks the split form from SPLIT_MIN_ELEMENTS logits on
+    assert rows * 3000 < tk.SPLIT_MIN_ELEMENTS
+
+
 def test_opcheck():
     logits, ids, values = _case(3, 97, 4, torch.float32, seed=1)
     torch.library.opcheck(torch.ops.mpo_fast.expected_score.default, (logits, ids, values.float(), "reference"))
