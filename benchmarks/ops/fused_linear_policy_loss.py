@@ -17,8 +17,7 @@ from typing import Callable, Iterator
 
 import torch
 
-import mpo_fast
-from benchmarks.common import BenchContext, measurement, peak_memory_bytes, time_fn
+from benchmarks.common import BenchContext, Case, backend_providers, capped_timer, once, run_cases
 from mpo_fast.ops.fused_linear_logprob import fused_linear_logprob
 from mpo_fast.ops.fused_linear_policy_loss import fused_linear_policy_loss
 from mpo_fast.ops.policy_loss import policy_loss
@@ -45,27 +44,35 @@ def _logprob_then_loss(backend):
 
 
 def _liger():
+    """(Liger's fused linear GRPO loss as a provider, None) or (None, why it is unavailable)."""
     try:
         from liger_kernel.chunked_loss import LigerFusedLinearGRPOLoss
-    except Exception:  # noqa: BLE001 - any import failure means no peer
-        return None
+    except Exception as exc:  # noqa: BLE001 - any import failure means no peer
+        return None, f"liger_kernel.chunked_loss does not import: {type(exc).__name__}: {exc}"
     loss = LigerFusedLinearGRPOLoss(beta=0.04, loss_type="bnpo", use_ref_model=True)
-    return lambda h, w, ids, old, adv, mask, ref_lp: loss(
-        h, w, ids, mask.long(), adv, ref_per_token_logps=ref_lp, old_per_token_logps=old)[0]
+    return (lambda h, w, ids, old, adv, mask, ref_lp: loss(
+        h, w, ids, mask.long(), adv, ref_per_token_logps=ref_lp, old_per_token_logps=old)[0]), None
 
 
-def _providers(device: str) -> dict[str, Callable]:
-    info = mpo_fast.backends()
+def _providers(device: str) -> tuple[dict[str, Callable], dict[str, str]]:
     fns: dict[str, Callable] = {"torch_materialised": _torch_materialised}
-    fast = [b for b in (("cuda", "triton") if device == "cuda" else ("cpu",)) if info[b].available]
+    unavailable: dict[str, str] = {}
+    fast, why_not = backend_providers(device)
     if fast:
         fns["mpo_logprob_then_loss"] = _logprob_then_loss(fast[0])
-    if device == "cuda" and (liger := _liger()) is not None:
-        fns["liger_grpo"] = liger
+    if device == "cuda":
+        liger, why = _liger()
+        if liger is not None:
+            fns["liger_grpo"] = liger
+        else:
+            unavailable["liger_grpo"] = why
+    else:
+        unavailable["liger_grpo"] = "Liger's fused linear GRPO loss is a Triton kernel: GPU runs only"
     for b in fast:
         fns[f"mpo_{b}"] = (lambda *a, b=b: fused_linear_policy_loss(*a[:6], ref_logp=a[6], kl_coef=0.04,
                                                                     backend=b).loss)
-    return fns
+    unavailable.update({f"mpo_{b}": why for b, why in why_not.items()})
+    return fns, unavailable
 
 
 def _shapes(ctx: BenchContext) -> list[tuple[int, int, int, int, torch.dtype]]:
@@ -75,39 +82,53 @@ def _shapes(ctx: BenchContext) -> list[tuple[int, int, int, int, torch.dtype]]:
     return [(4, 64, 64, 8192, torch.float32)] if ctx.quick else [(8, 256, 576, 49152, torch.float32)]
 
 
-def run(ctx: BenchContext) -> Iterator[dict]:
-    device = ctx.device
+_timing = capped_timer(8.0)
+PEERS = ("torch_materialised", "liger_grpo")
+
+
+def cases(ctx: BenchContext) -> Iterator[Case]:
+    fns, unavailable = _providers(ctx.device)
     for b, t, h, v, dtype in _shapes(ctx):
-        g = torch.Generator().manual_seed(0)
-        hidden = torch.randn(b, t, h, generator=g).to(dtype).to(device)
-        weight = (torch.randn(v, h, generator=g) * h**-0.5).to(dtype).to(device)
-        ids = torch.randint(0, v, (b, t), generator=g).to(device)
-        mask = (torch.rand(b, t, generator=g) > 0.1).to(device)
-        old = (torch.randn(b, t, generator=g) * 0.1 - 12).to(device)
-        ref_lp = (old + torch.randn(b, t, generator=g, device="cpu").to(device) * 0.05)
-        adv = torch.randn(b, generator=g).to(device)
-        shape = f"B={b},T={t},H={h},V={v},{str(dtype).removeprefix('torch.')}"
-        flat_h = hidden.reshape(b * t, h)
-        gemm_ms = time_fn(lambda: flat_h @ weight.t(), device=device, repeats=ctx.repeats, warmup=ctx.warmup).median_ms
+        yield _case(ctx, b, t, h, v, dtype, fns, unavailable)
 
-        def step(fn):
-            def call():
-                hh = hidden.detach().requires_grad_()
-                ww = weight.detach().requires_grad_()
-                return torch.autograd.grad(fn(hh, ww, ids, old, adv, mask, ref_lp), (hh, ww))
-            return call
 
-        calls = {k: step(f) for k, f in _providers(device).items()}
-        timings = {k: time_fn(c, device=device, repeats=ctx.repeats, warmup=ctx.warmup) for k, c in calls.items()}
-        peaks = {k: peak_memory_bytes(c, device=device) for k, c in calls.items()}
+def _case(ctx: BenchContext, b: int, t: int, h: int, v: int, dtype: torch.dtype, fns: dict, unavailable: dict) -> Case:
+    device = ctx.device
+    g = torch.Generator().manual_seed(0)
+    hidden = torch.randn(b, t, h, generator=g).to(dtype).to(device)
+    weight = (torch.randn(v, h, generator=g) * h**-0.5).to(dtype).to(device)
+    ids = torch.randint(0, v, (b, t), generator=g).to(device)
+    mask = (torch.rand(b, t, generator=g) > 0.1).to(device)
+    old = (torch.randn(b, t, generator=g) * 0.1 - 12).to(device)
+    ref_lp = old + (torch.randn(b, t, generator=g) * 0.05).to(device)
+    adv = torch.randn(b, generator=g).to(device)
+    shape = f"B={b},T={t},H={h},V={v},{str(dtype).removeprefix('torch.')}"
+    flat_h = hidden.reshape(b * t, h)
+    gemm_ms = once(lambda: _timing(lambda: flat_h @ weight.t(), ctx).median_ms)
+    floor_ms = once(lambda: 3 * gemm_ms())  # 3 GEMMs of [N, H] x [H, V]: forward, grad_hidden, grad_weight
+
+    def step(fn):
+        def call():
+            hh = hidden.detach().requires_grad_()
+            ww = weight.detach().requires_grad_()
+            return torch.autograd.grad(fn(hh, ww, ids, old, adv, mask, ref_lp), (hh, ww))
+        return call
+
+    def extras(timings, peaks):
         base_ms, base_peak = timings["torch_materialised"].median_ms, peaks["torch_materialised"]
         liger_ms = timings["liger_grpo"].median_ms if "liger_grpo" in timings else None
-        floor = 3 * gemm_ms
-        for k, tm in timings.items():
-            yield measurement(
-                k, shape, "fwd_bwd", tm, peaks[k], floor_ms=round(floor, 3), ratio_to_floor=round(tm.median_ms / floor, 3),
-                speedup_vs_materialised=round(base_ms / tm.median_ms, 3),
-                peak_vs_materialised=round(peaks[k] / base_peak, 4) if peaks[k] is not None and base_peak else None,
-                time_vs_liger=round(tm.median_ms / liger_ms, 3) if liger_ms else None, one_gemm_ms=round(gemm_ms, 3),
-            )
-        del hidden, weight
+        floor = floor_ms()
+        return {
+            k: dict(floor_ms=round(floor, 3), ratio_to_floor=round(tm.median_ms / floor, 3),
+                    speedup_vs_materialised=round(base_ms / tm.median_ms, 3),
+                    peak_vs_materialised=round(peaks[k] / base_peak, 4) if peaks[k] is not None and base_peak else None,
+                    time_vs_liger=round(tm.median_ms / liger_ms, 3) if liger_ms else None, one_gemm_ms=round(gemm_ms(), 3))
+            for k, tm in timings.items()
+        }
+
+    calls = {k: step(f) for k, f in fns.items()}
+    return Case(shape, "fwd_bwd", calls, peers=PEERS, floor_ms=floor_ms, extras=extras, unavailable=unavailable, timer=_timing)
+
+
+def run(ctx: BenchContext) -> Iterator[dict]:
+    return run_cases(ctx, cases(ctx), "fused_linear_policy_loss")
