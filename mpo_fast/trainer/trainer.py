@@ -26,6 +26,7 @@ from typing import Any, Sequence
 
 import torch
 
+from ..process_memory import peak_rss_mb
 from ..rollout import HFRollout, Rollout, RolloutBackend, SamplingParams
 from ..rubrics import Rubric, RubricStore, RubricVersion, load_rubric
 from ..tasks import Task, get_task
@@ -528,6 +529,7 @@ class MPOTrainer:
             "samples_per_s": len(rollouts) / timings["step_seconds"],
             "generated_tokens_per_s": tokens / max(timings["generate_s"], 1e-9),
             "skipped_nonfinite_total": self.skipped_nonfinite,
+            "peak_rss_mb": round(peak_rss_mb(), 1),  # whole process, since start (ru_maxrss)
         }
         if update is not None:
             row.update(loss=update.loss, grad_norm=update.grad_norm, lr=update.lr, **update.metrics)
