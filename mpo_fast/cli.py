@@ -6,6 +6,8 @@
     mpo-fast rubric show RUN_DIR [--version V]          a rubric version of a run (default: latest)
     mpo-fast rubric show FILE.yaml                      a rubric file, rendered as the judge sees it
     mpo-fast rubric diff RUN_DIR [A B]                  what changed (default: first -> latest)
+    mpo-fast eval RUN_DIR --against base|RUN_DIR2[:step-N] [-o FILE.json]   does the run beat base? (CIs)
+    mpo-fast report RUN_DIR [-o RUN_DIR/report.html]    one self-contained HTML report of a run
 
 Exit status: 0 done, 2 bad input (config, data, rubric, unreachable judge: nothing trained),
 3 stopped by the judge failure rate (last checkpoint intact), 4 a pipeline stage failed
@@ -45,7 +47,15 @@ def _parser() -> argparse.ArgumentParser:
     diff.add_argument("run_dir")
     diff.add_argument("a", nargs="?", default=None, help="default: the first version")
     diff.add_argument("b", nargs="?", default=None, help="default: the latest version")
+    _add_eval_commands(sub)
     return p
+
+
+def _add_eval_commands(sub) -> None:
+    from .evaluation.cli_args import add_eval_parser, add_report_parser
+
+    add_eval_parser(sub)
+    add_report_parser(sub)
 
 
 class BadInput(Exception):
@@ -160,6 +170,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "rubric":
             return _rubric_command(args)
+        if args.command in ("eval", "report"):
+            from .evaluation.cli_args import run_eval_command, run_report_command
+
+            try:
+                return run_eval_command(args) if args.command == "eval" else run_report_command(args)
+            except _SETUP_ERRORS as exc:
+                raise BadInput(str(exc)) from exc
         started = time.perf_counter()
         if args.command == "demo":
             from .demo import demo_config_path
