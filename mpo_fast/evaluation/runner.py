@@ -72,10 +72,13 @@ def run_evaluation(
     judge_options: EvalJudgeOptions = EvalJudgeOptions(),
     loader: Callable[[PolicySpec, Any], tuple[Any, Any]] = load_policy_model,
     judge_llm=None,
+    responses_path: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
     """Compare RUN_DIR's checkpoint (A) with `against` (B); write and return the result.
 
     loader / judge_llm: injection points for tests (a tiny model, a scripted judge).
+    responses_path: where generations are stored (default: beside `out`); evaluations that share
+    one file generate each policy's answers once.
     """
     started = time.perf_counter()
     out = Path(out)
@@ -87,7 +90,7 @@ def run_evaluation(
     if a.label == b.label:
         raise ValueError(f"both sides are {a.label}; compare two different policies")
     sampling = _sampling(settings, config)
-    store = ResponseStore(out.with_suffix(".responses.jsonl"))
+    store = ResponseStore(responses_path if responses_path is not None else out.with_suffix(".responses.jsonl"))
     answers = {}
     for spec in (a, b):
         answers[spec.label] = generate_responses(

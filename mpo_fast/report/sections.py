@@ -7,7 +7,7 @@ import statistics
 from html import escape
 from typing import Any, Iterable
 
-from ..evaluation.ratings import Comparison, rate
+from ..evaluation.aggregate import ratings_from_results
 from ..rubrics.diff import diff_rubrics
 from .run_data import RunData
 from .svg_chart import Chart, Marker, Series, Span, svg_bars, svg_line_chart
@@ -219,20 +219,10 @@ def sample_browser(data: RunData) -> str:
 
 
 def _combined_ratings(evals: list[tuple[str, dict]]) -> str:
-    comparisons, prompt_index = [], {}
-    for _, e in evals:
-        a, b = e["policies"]["a"]["id"], e["policies"]["b"]["id"]
-        for rec in e.get("records") or []:
-            score = {"win": 1.0, "tie": 0.5, "loss": 0.0}.get(rec["outcome"])
-            if score is None:
-                continue
-            index = prompt_index.setdefault(rec["prompt_id"], len(prompt_index))
-            comparisons.append(Comparison(index, a, b, score))
-    policies = sorted({c.a for c in comparisons} | {c.b for c in comparisons})
-    if len(policies) < 3:
+    ratings = ratings_from_results([e for _, e in evals])
+    if ratings is None or len(ratings.policies) < 3:
         return ""
-    ratings = rate(comparisons, len(prompt_index), policies=policies)
-    rows = sorted(policies, key=lambda p: -ratings.elo[p].value)
+    rows = sorted(ratings.policies, key=lambda p: -ratings.elo[p].value)
     return ("<h3>All policies compared (Bradley-Terry over every eval file, bootstrap over prompts)</h3>"
             "<table><tr><th>policy</th><th>Elo [95% CI]</th><th>games</th></tr>" + "".join(
                 f"<tr><td>{escape(p)}</td><td>{ratings.elo[p].format(digits=0)}</td><td>{ratings.games[p]}</td></tr>"

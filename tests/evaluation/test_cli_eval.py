@@ -19,3 +19,17 @@ def test_eval_requires_against(tmp_path, capsys):
     except SystemExit as exc:
         assert exc.code == 2
     assert "--against" in capsys.readouterr().err
+
+
+def test_the_demo_ends_by_writing_the_report(tiny_run, tmp_path, capsys):
+    import shutil
+
+    from mpo_fast.cli import _write_demo_report
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    _write_demo_report(str(run))
+    assert f"report: {run / 'report.html'}" in capsys.readouterr().out
+    assert (run / "report.html").stat().st_size > 10_000
+    _write_demo_report(str(tmp_path / "missing"))
+    assert "mpo-fast report" in capsys.readouterr().err
