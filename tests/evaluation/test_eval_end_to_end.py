@@ -143,3 +143,30 @@ def test_checkpoint_choice_and_errors(tiny_run, tokenizer, tmp_path):
     with pytest.raises(ValueError, match="both sides"):
         run_evaluation(tiny_run, f"{tiny_run}:step-4", tmp_path / "g.json", settings=SETTINGS,
                        loader=_loader(tokenizer, []), judge_llm=ScriptedJudge(lambda f, s: "A"), judge_options=PARSE)
+
+
+@pytest.mark.parametrize("task", ["math", "ethics", "summarization"])
+def test_tasks_with_references_get_accuracy_or_rouge(tiny_run, tokenizer, tmp_path, task):
+    import shutil
+
+    import yaml
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    config["task"].update(name=task, rubric=None, max_prompt_tokens=100_000)
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    judge = ScriptedJudge(lambda f, s: "A")
+    result = run_evaluation(run, "base", run / "eval" / "x.json", settings=EvalSettings(limit=3, max_new_tokens=8, resamples=200),
+                            loader=_loader(tokenizer, []), judge_llm=judge, judge_options=PARSE)
+    ids = [result["policies"]["a"]["id"], result["policies"]["b"]["id"]]
+    if task in ("math", "ethics"):
+        assert "pairwise" not in result and judge.calls == 0
+        for pid in ids:
+            acc = result["accuracy"][pid]
+            assert acc["total"] == 3 and acc["correct"] + acc["unanswered"] <= 3
+    else:
+        assert result["pairwise"]["ties"] == 3 and judge.calls == 6  # summaries are also compared pairwise
+        for pid in ids:
+            assert set(result["rouge"][pid]) == {"rouge1", "rouge2", "rougeL"}
+            assert 0.0 <= result["rouge"][pid]["rouge1"]["value"] <= 1.0
