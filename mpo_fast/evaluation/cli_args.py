@@ -24,7 +24,7 @@ def add_experiment_parser(sub) -> None:
 
 
 def _add_eval_options(e) -> None:
-    e.add_argument("--split", default="test", help="data split to evaluate on (default: test)")
+    e.add_argument("--split", default="test", help="data split to evaluate on (default: test; all: every row of a file without splits)")
     e.add_argument("--limit", type=int, default=None, help="the first N prompts only")
     e.add_argument("--seed", type=int, default=None, help="sampling seed, the same for both policies (default: the run's)")
     e.add_argument("--max-new-tokens", type=int, default=None, help="default: the run's rollout.max_new_tokens")

@@ -84,7 +84,8 @@ def run_evaluation(
     out = Path(out)
     config = run_config(run_dir)
     task = get_task(config.task.name)
-    examples = task.load(config.task.data, settings.split, limit=settings.limit)
+    # "all": every row, for a dataset without a split column (the loader reads those as train only)
+    examples = task.load(config.task.data, None if settings.split == "all" else settings.split, limit=settings.limit)
     a = resolve_policy(str(run_dir), base_run=run_dir, checkpoint=checkpoint)
     b = resolve_policy(against, base_run=run_dir)
     if a.label == b.label:
