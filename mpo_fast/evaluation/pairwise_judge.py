@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import logging
 import os
 import re
 import secrets
@@ -35,7 +34,6 @@ from ..judges.constrained import Constraint
 from ..judges.expected import ScoreChoices
 from .pairwise import Position
 
-log = logging.getLogger("mpo_fast")
 
 # Bumped whenever the wording changes: part of the judge id, so older cached verdicts are not reused.
 PAIRWISE_PROMPT_VERSION = 1

@@ -11,7 +11,6 @@ beside the result as they are made.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -33,7 +32,6 @@ from .policies import PolicySpec, load_policy_model, resolve_policy, run_config
 from .ratings import Comparison, rate
 from .responses import ResponseStore, generate_responses
 
-log = logging.getLogger("mpo_fast")
 
 PAIRWISE_TASKS = ("essay", "summarization")
 RESULT_FORMAT = 1
