@@ -249,7 +249,8 @@ def eval_section(data: RunData) -> str:
                         f"<tr><td>judge failures (left out)</td><td>{p['judge_failures']}</td></tr>"
                         f"<tr><td>win rate of {escape(a)}</td><td>{_pct(p['win_rate'])}</td></tr>"
                         f"<tr><td>length-controlled win rate</td><td>{_pct(p['lc_win_rate'])}</td></tr>"
-                        f"<tr><td>position bias (verdict followed the position)</td><td>{_pct(p['position_bias'])}</td></tr>")
+                        f"<tr><td>position bias (verdict followed the position)</td><td>{_pct(p['position_bias'])}</td></tr>"
+                        f"<tr><td>judge</td><td>{escape(str(judge.get('id', '?')))}</td></tr>")
             for pol, r in (e.get("ratings") or {}).items():
                 rows.append(f"<tr><td>Elo {escape(pol)}</td><td>{_elo(r)}</td></tr>")
             head += warn
