@@ -6,11 +6,13 @@ with the same evaluation judge and sampling seed, and writes a table (markdown a
 Bradley-Terry Elo ratings with bootstrap CIs and the pairwise win rates.
 
 Layout of OUT_DIR: mpo/ and fixed/ (two ordinary run directories), eval/ (the three results,
-their verdicts, one shared responses file), experiment.md, experiment.html.
+their verdicts, one shared responses file), experiment.md, experiment.html. A rerun skips an arm
+that already has its final checkpoint and reuses stored generations and verdicts.
 """
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import replace
 from html import escape
@@ -18,10 +20,13 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..rubrics.atomic_file import write_text_atomic
+from ..trainer.checkpoint import list_checkpoints
 from ..trainer.config import MPOConfig
 from .aggregate import ratings_from_results
 from .judge_options import EvalJudgeOptions
 from .runner import EvalSettings, run_evaluation
+
+log = logging.getLogger("mpo_fast")
 
 ARMS = ("mpo", "fixed")
 SMALL_MODELS = ("embedded", "policy")
@@ -57,6 +62,11 @@ def run_experiment(
     out = Path(out_dir)
     arms = arm_configs(config, out, steps)
     for name in ARMS:
+        done = list_checkpoints(arms[name].output_dir)
+        if done and done[-1][0] >= arms[name].train.max_steps:
+            # a rerun after an interrupted evaluation: the arm is trained already
+            log.warning("experiment: %s already has a checkpoint of step %d; not training it again", name, done[-1][0])
+            continue
         train(arms[name])
     mpo_dir, fixed_dir = arms["mpo"].output_dir, arms["fixed"].output_dir
     shared = out / "eval" / "responses.jsonl"

@@ -8,8 +8,8 @@ in-process models and OpenAI-compatible servers as the training judge, in three 
   writes a verdict tag (or closes its fence) is never read as the judge's answer.
 - constrained: the same answer forced by a grammar (regex or JSON schema, whichever the LLM
   enforces): the verdict is always readable.
-- expected: the judge's next-token probabilities of "A" and "B" after a prefilled `<verdict>`
-  tag; the larger wins. Needs `can_score_prefill`. Below 1 % probability on both letters the
+- expected: the judge's probabilities of writing "1" (response A) and "2" (response B) after a
+  prefilled `<verdict>` tag; the larger wins. Needs `can_score_prefill`. Below 1 % probability on both letters the
   judge was not about to answer: a failure.
 
 A verdict names a position ("first" = A, "second" = B); mapping it to policies (and the swap) is
@@ -93,7 +93,8 @@ def pair_messages(request: PairRequest, nonce: str, *, mode: str, max_chars: int
     parts.append("# Response A\n" + _fence("response-a", nonce, request.first))
     parts.append("# Response B\n" + _fence("response-b", nonce, request.second))
     if mode == "expected":
-        how = "Answer with the letter of the better response, A or B, inside the verdict tag: <verdict>A</verdict> or <verdict>B</verdict>."
+        how = ("Answer with the number of the better response inside the verdict tag: <verdict>1</verdict> for "
+               "Response A, <verdict>2</verdict> for Response B.")
     elif mode == "constrained":
         how = (f"First give a brief justification (at most {max_chars} characters) comparing the two, then the "
                f"letter of the better response: <verdict-{nonce}>A</verdict-{nonce}> or <verdict-{nonce}>B</verdict-{nonce}>.")
@@ -221,7 +222,10 @@ class PairwiseJudge:
             if not getattr(self.llm, "can_score_prefill", False):
                 raise ValueError(f"pairwise mode 'expected' needs a judge that scores a prefill; {self.llm.model_id} "
                                  "cannot: use --judge.scoring parse or constrained")
-            choices = [ScoreChoices(texts=("A", "B"), values=(0.0, 1.0))] * len(requests)
+            # Digits, not letters: the choice trie (judges/expected.py) ends a choice at the first
+            # non-numeric character, so "A" would also collect "About", "And", ... (1,773 tokens
+            # on SmolLM2's vocabulary); "1" ends only where a number ends.
+            choices = [ScoreChoices(texts=("1", "2"), values=(0.0, 1.0))] * len(requests)
             dists = await self.llm.score_choices(conversations, ["<verdict>"] * len(requests), choices)
             verdicts = []
             for d in dists:
@@ -230,7 +234,7 @@ class PairwiseJudge:
                 else:
                     pa, pb = d.probs
                     verdicts.append(PairVerdict(Position.FIRST if pa >= pb else Position.SECOND,
-                                                rationale=f"P(A)={pa:.3f} P(B)={pb:.3f}", calls=1))
+                                                rationale=f"P(A)={pa:.3f} P(B)={pb:.3f} (as 1 / 2)", calls=1))
             return verdicts
         constraints = None
         if self.mode == "constrained":

@@ -45,3 +45,14 @@ def test_experiment_trains_both_arms_and_tables_all_three(tmp_path, tokenizer):
     assert "<table>" in (out / "experiment.html").read_text()
     for name in ("mpo_vs_base", "fixed_vs_base", "mpo_vs_fixed"):
         assert (out / "eval" / f"{name}.json").is_file()
+
+    # a rerun trains nothing, generates nothing and judges nothing again
+    trained.clear()
+    loads.clear()
+    calls = judge.calls
+    again = run_experiment(tiny_config(tmp_path), out, steps=3, train=train,
+                           settings=EvalSettings(limit=4, max_new_tokens=12, temperature=1.0, resamples=200),
+                           judge_options=EvalJudgeOptions(scoring="parse"), loader=_loader(tokenizer, loads),
+                           judge_llm=judge)
+    assert trained == [] and loads == [] and judge.calls == calls
+    assert again["ratings"] == table["ratings"]

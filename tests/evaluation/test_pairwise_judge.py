@@ -80,6 +80,7 @@ def test_expected_mode_reads_the_letter_probabilities_and_fails_without_mass():
     llm = FakeLLM(probs=(0.2, 0.7))
     v = _judge(llm, mode="expected")
     assert v.position is Position.SECOND and llm.seen[0][1] == ["<verdict>"]
+    assert llm.seen[0][2][0].texts == ("1", "2")  # digits: the choice trie ends a letter at any next letter
     assert _judge(FakeLLM(probs=(0.001, 0.002)), mode="expected").position is None
 
 
