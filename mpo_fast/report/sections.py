@@ -66,7 +66,10 @@ def training_section(data: RunData) -> str:
                _series(m, "judge_failure_rate", "cumulative rate", dashed=True)]
     reward = [_series(m, "reward_mean", "mean reward")]
     for key, name in (("judge_reward_mean", "judge reward"), ("rule_reward_mean", "rule reward")):
-        if any(_num(r.get(key)) is not None for r in m):
+        # Only where it differs from the reward (a task with a rule reward): else it hides the mean.
+        # (1e-5: reward_mean comes from float32 tensors, judge_reward_mean from Python floats)
+        if any(_num(r.get(key)) is not None and abs(_num(r.get(key)) - (_num(r.get("reward_mean")) or 0.0)) > 1e-5
+               for r in m):
             reward.append(_series(m, key, name, dashed=True))
     charts = [
         Chart("Reward per step (shaded: rubric versions; grey marks: rubric swaps; red marks: hacking signals)",

@@ -87,9 +87,10 @@ def svg_line_chart(chart: Chart) -> str:
     x0, x1 = min(xs), max(xs)
     if x1 == x0:
         x0, x1 = x0 - 0.5, x1 + 0.5
-    y0, y1 = min(ys), max(ys)
-    pad = (y1 - y0) * 0.08 or (abs(y0) * 0.1 or 1.0)
-    y0, y1 = y0 - pad, y1 + pad
+    lo, hi = min(ys), max(ys)
+    pad = (hi - lo) * 0.08 or (abs(lo) * 0.1 or 1.0)
+    # Non-negative data (rates, lengths, seconds) never gets a negative axis.
+    y0, y1 = (lo - pad if lo - pad >= 0 or lo < 0 else 0.0), hi + pad
     pw, ph = _W - _LEFT - _RIGHT, _H - _TOP - _BOTTOM
 
     def px(x: float) -> float:
