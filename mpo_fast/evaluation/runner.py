@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -86,6 +86,8 @@ def run_evaluation(
     examples = task.load(config.task.data, None if settings.split == "all" else settings.split, limit=settings.limit)
     a = resolve_policy(str(run_dir), base_run=run_dir, checkpoint=checkpoint)
     b = resolve_policy(against, base_run=run_dir)
+    if a.label == b.label and a.checkpoint is not None and b.checkpoint is not None and a.checkpoint != b.checkpoint:
+        a, b = (replace(spec, label=f"{spec.checkpoint.parents[1].parent.name}/{spec.label}") for spec in (a, b))
     if a.label == b.label:
         raise ValueError(f"both sides are {a.label}; compare two different policies")
     sampling = _sampling(settings, config)

@@ -145,6 +145,17 @@ def test_checkpoint_choice_and_errors(tiny_run, tokenizer, tmp_path):
                        loader=_loader(tokenizer, []), judge_llm=ScriptedJudge(lambda f, s: "A"), judge_options=PARSE)
 
 
+def test_two_runs_with_the_same_folder_name_get_distinct_ids(tiny_run, tokenizer, tmp_path):
+    import shutil
+
+    other = tmp_path / "elsewhere" / tiny_run.name
+    shutil.copytree(tiny_run, other)
+    result = run_evaluation(tiny_run, str(other), tmp_path / "same.json", settings=SETTINGS, loader=_loader(tokenizer, []),
+                            judge_llm=ScriptedJudge(lambda f, s: "A"), judge_options=PARSE)
+    a, b = result["policies"]["a"]["id"], result["policies"]["b"]["id"]
+    assert a != b and a.endswith("/run:step-000004") and b == "elsewhere/run:step-000004"
+
+
 @pytest.mark.parametrize("task", ["math", "ethics", "summarization"])
 def test_tasks_with_references_get_accuracy_or_rouge(tiny_run, tokenizer, tmp_path, task):
     import shutil
