@@ -132,3 +132,12 @@ def test_report_renders_in_headless_chromium(run_dir, tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert shot.is_file() and shot.stat().st_size > 10_000
     assert "Uncaught" not in done.stderr and "CONSOLE" not in done.stderr
+
+
+def test_report_of_a_run_that_has_not_logged_a_step(tmp_path):
+    from mpo_fast.trainer import MPOConfig
+
+    (tmp_path / "config.yaml").write_text(MPOConfig(output_dir=str(tmp_path)).to_yaml())
+    html = write_report(tmp_path).read_text()
+    for text in ("No metrics logged yet", "No rubric store", "No samples logged", "No evaluation yet"):
+        assert text in html
