@@ -10,7 +10,8 @@ from typing import Any, Iterable
 from ..evaluation.aggregate import ratings_from_results
 from ..rubrics.diff import diff_rubrics
 from .run_data import RunData
-from .svg_chart import Chart, Marker, Series, Span, svg_bars, svg_line_chart
+from .charts import bars, line_chart
+from .svg_chart import Chart, Marker, Series, Span
 
 STAGES = (("generate_s", "generate"), ("judge_s", "judge"), ("update_s", "update"), ("evolve_s", "meta (evolve)"))
 MAX_BROWSER_STEPS = 200  # a 10,000-step run would otherwise write ~30,000 samples into one page
@@ -89,7 +90,7 @@ def training_section(data: RunData) -> str:
     entropy_keys = sorted({k for r in m for k in r if "entropy" in k})
     if entropy_keys:
         charts.insert(4, Chart("Entropy", [_series(m, k) for k in entropy_keys], "nats"))
-    parts = [f'<div class="chart-box">{svg_line_chart(c)}</div>' for c in charts]
+    parts = [f'<div class="chart-box">{line_chart(c)}</div>' for c in charts]
     if not entropy_keys:
         parts.append('<p class="note">Entropy: not logged by this run (metrics.jsonl has no entropy column).</p>')
     totals = {name: sum(_num(r.get(key)) or 0.0 for r in m) for key, name in STAGES}
@@ -151,9 +152,9 @@ def rubric_section(data: RunData) -> str:
             values = scores[j]
             stats = (f"{statistics.fmean(values):.2f} (n={len(values)})" if values else "no scores")
             labels, counts = _histogram(values, item.max_points)
-            bars = svg_bars(f"scores of item {j + 1}", labels, counts) if values else ""
+            histogram = bars(f"scores of item {j + 1}", labels, counts) if values else ""
             rows.append(f"<tr><td>{j + 1}</td><td><b>{escape(item.title)}</b><br><span class=desc>{escape(item.description)}"
-                        f"</span></td><td>{item.max_points:g}</td><td>{stats}</td><td>{bars}</td></tr>")
+                        f"</span></td><td>{item.max_points:g}</td><td>{stats}</td><td>{histogram}</td></tr>")
         diff = (diff_rubrics(previous.rubric, rubric, label_a=f"v{previous.version}", label_b=f"v{v.version}")
                 if previous is not None else "(the initial rubric)")
         analyses = "".join(f"<details><summary>analysis {i + 1}</summary><pre>{escape(a)}</pre></details>"

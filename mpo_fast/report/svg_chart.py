@@ -1,10 +1,6 @@
-"""Inline SVG charts for the run report: line charts (with shaded spans and vertical markers) and
-bar charts, as plain SVG text, so the report opens anywhere without a network or a script.
-
-Why not matplotlib or plotly: neither is a dependency of mpo_fast nor installed in its
-environment; a report must not need more than `pip install mpo-fast`. These two chart kinds are
-all the report draws; if matplotlib is installed one day, `svg_line_chart` is the one function to
-swap (its output is an <svg> string either way).
+"""The chart descriptions (Chart, Series, Span, Marker) and a small built-in SVG writer for them:
+the fallback when matplotlib (the `[eval]` extra, mpl_chart.py) is not installed, so that a base
+install of mpo_fast still writes a report with plots. charts.py picks the writer.
 """
 from __future__ import annotations
 
