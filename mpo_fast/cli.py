@@ -6,6 +6,9 @@
     mpo-fast rubric show RUN_DIR [--version V]          a rubric version of a run (default: latest)
     mpo-fast rubric show FILE.yaml                      a rubric file, rendered as the judge sees it
     mpo-fast rubric diff RUN_DIR [A B]                  what changed (default: first -> latest)
+    mpo-fast eval RUN_DIR --against base|RUN_DIR2[:step-N] [-o FILE.json]   does the run beat base? (CIs)
+    mpo-fast report RUN_DIR [-o RUN_DIR/report.html]    one self-contained HTML report of a run
+    mpo-fast experiment --config FILE.yaml [--steps N]  MPO vs fixed rubric vs base, same budget, Elo table
 
 Exit status: 0 done, 2 bad input (config, data, rubric, unreachable judge: nothing trained),
 3 stopped by the judge failure rate (last checkpoint intact), 4 a pipeline stage failed
@@ -45,7 +48,16 @@ def _parser() -> argparse.ArgumentParser:
     diff.add_argument("run_dir")
     diff.add_argument("a", nargs="?", default=None, help="default: the first version")
     diff.add_argument("b", nargs="?", default=None, help="default: the latest version")
+    _add_eval_commands(sub)
     return p
+
+
+def _add_eval_commands(sub) -> None:
+    from .evaluation.cli_args import add_eval_parser, add_experiment_parser, add_report_parser
+
+    add_eval_parser(sub)
+    add_report_parser(sub)
+    add_experiment_parser(sub)
 
 
 class BadInput(Exception):
@@ -136,6 +148,17 @@ def run_config(config, *, started: float):
     return summary
 
 
+def _write_demo_report(output_dir: str) -> None:
+    from .report import write_report
+
+    try:
+        path = write_report(output_dir)
+    except (OSError, ValueError) as exc:  # the run itself succeeded; say why there is no report
+        _error(f"the run finished but its report could not be written ({exc}); retry with `mpo-fast report {output_dir}`")
+        return
+    print(f"report: {path}")
+
+
 def torch_threads() -> int:
     import torch
 
@@ -164,6 +187,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "rubric":
             return _rubric_command(args)
+        if args.command in ("eval", "report"):
+            from .evaluation.cli_args import run_eval_command, run_report_command
+
+            try:
+                return run_eval_command(args) if args.command == "eval" else run_report_command(args)
+            except _SETUP_ERRORS as exc:
+                raise BadInput(str(exc)) from exc
+        if args.command == "experiment":
+            from .evaluation.cli_args import run_experiment_command
+
+            return run_experiment_command(args)
         started = time.perf_counter()
         if args.command == "demo":
             from .demo import demo_config_path
@@ -172,6 +206,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             config = _load_config(args.config, args.overrides)
         run_config(config, started=started)
+        if args.command == "demo":
+            _write_demo_report(config.output_dir)
         return 0
     except BadInput as exc:
         _error(str(exc))
