@@ -26,6 +26,7 @@ from .cache import JudgeCache, judgement_key
 from .constrained import Constraint, score_json_constraint, score_tags_constraint
 from .expected import ChoiceDistribution, ScoreChoices, distribution_from_chat_logprobs
 from .llm import LLM, Generation, Message
+from .schema_check import ReplyMismatch, check_json, check_regex
 from .prompts import PROMPT_VERSION, ScoreForm, rm_messages, score_spec
 from .settings import JudgeSettings
 from .types import CallMode, Judgement, JudgeRequest, JudgeStats, ScoringMode
@@ -156,11 +157,15 @@ class RubricJudge:
         return ScoreForm("tag")
 
     def _score_nonce(self, nonce: str) -> str | None:
-        """The nonce goes into score names only where the score is found in free text (see prompts.py)."""
+        """The nonce goes into score names wherever the reply could be free text (see prompts.py):
+        parse mode, chat-logprob expected mode, and constrained mode too, since a server that
+        ignores the structured-output field answers in free text (the grammar writes the tag, so
+        the nonce costs nothing there). Only the prefilled expected mode, whose tag we write
+        ourselves, keeps plain names."""
         scoring = self.settings.scoring
-        if scoring == ScoringMode.PARSE or (scoring == ScoringMode.EXPECTED and not self.llm.can_score_prefill):
-            return nonce
-        return None
+        if scoring == ScoringMode.EXPECTED and self.llm.can_score_prefill:
+            return None
+        return nonce
 
     def _plan(self, requests, todo, nonce, form, score_nonce) -> list[_Call]:
         calls = []
@@ -221,7 +226,41 @@ class RubricJudge:
         gens = await self.llm.generate(
             [c.messages for c in calls], max_tokens=s.max_new_tokens, temperature=s.temperature, constraints=constraints
         )
-        self._read(calls, gens)
+        for c, g, con in zip(calls, gens, constraints):
+            self._read_constrained(c, g, con)
+
+    @staticmethod
+    def _read_constrained(call: _Call, gen: Generation, constraint: Constraint) -> None:
+        """Scores only from a reply that matches the exact constraint sent, read from the match.
+
+        A server may ignore the structured-output field and answer in free text; such a reply is
+        MALFORMED (or TRUNCATED when it ran out of tokens): masked and counted, never parsed.
+        """
+        call.calls += gen.calls
+        if gen.error is not None:
+            call.fail(gen.error)
+            return
+        call.text = gen.text
+        call.error = None
+        try:
+            if constraint.regex is not None:
+                groups = check_regex(gen.text, constraint.regex).groups()
+                values = [ch.values[ch.texts.index(t)] for ch, t in zip(call.choices, groups)]
+            else:
+                obj = check_json(gen.text, constraint.json_schema)
+                values = [float(obj[call.spec.tag_name(j)]) for j in range(call.spec.k)]
+        except (ReplyMismatch, ValueError, KeyError, TypeError) as exc:
+            bad = ScoreStatus.TRUNCATED if gen.finish_reason == "length" else ScoreStatus.MALFORMED
+            call.values = [None] * call.spec.k
+            call.status = [bad] * call.spec.k
+            call.error = f"constrained_mismatch: {exc} (finish_reason={gen.finish_reason})"
+            return
+        if len(values) != call.spec.k:
+            call.values, call.status = [None] * call.spec.k, [ScoreStatus.MALFORMED] * call.spec.k
+            call.error = f"constrained_mismatch: {len(values)} scores for {call.spec.k} items"
+            return
+        call.values = values
+        call.status = [ScoreStatus.OK] * call.spec.k
 
     # ---- expected scores ----------------------------------------------------------------------
 
