@@ -14,6 +14,9 @@ loses items. Any failed item fails the judgement: reward None, the reason in `er
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import hashlib
+import json
 import logging
 import math
 import time
@@ -88,6 +91,30 @@ class RubricJudge:
         s = self.settings
         return f"{self.llm.model_id}|{s.mode_name}|T{s.temperature:g}|R{s.max_rationale_chars}|P{PROMPT_VERSION}"
 
+    def cache_identity(self) -> str:
+        """judge_id plus everything else that changes a score, hashed: every setting (logprob
+        threshold, rationale budget, max_new_tokens, retries ...), where scores come from (logprob
+        source, top-k, chat template) and, in constrained mode, the structured-output kind. A
+        cached judgement is reused only by a judge that would have produced it the same way."""
+        s = self.settings
+        llm = self.llm
+        parts: dict[str, Any] = {f.name: getattr(s, f.name) for f in dataclasses.fields(s)}
+        parts.update(
+            prompt_version=PROMPT_VERSION,
+            logprob_source=getattr(llm, "logprob_source", None),
+            can_score_prefill=bool(llm.can_score_prefill),
+            can_chat_logprobs=bool(llm.can_chat_logprobs),
+        )
+        endpoint = getattr(llm, "endpoint", None)
+        if endpoint is not None:
+            parts.update(top_logprobs=endpoint.top_logprobs, chat_template=endpoint.chat_template,
+                         max_output_tokens=endpoint.max_output_tokens)
+        if s.scoring == ScoringMode.CONSTRAINED:
+            parts["constraint_form"] = llm.constraint_form
+            parts["structured_output"] = getattr(llm, "flavour", None)
+        blob = json.dumps(parts, sort_keys=True, default=str)
+        return f"{self.judge_id}|{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
+
     def stats_snapshot(self) -> dict[str, Any]:
         snap = self.stats.snapshot()
         snap["mode"] = self.settings.mode_name
@@ -107,7 +134,9 @@ class RubricJudge:
                 raise TypeError(f"requests[{i}] is a {type(r).__name__}, expected JudgeRequest")
         start = time.perf_counter()
         results: list[Judgement | None] = [None] * len(requests)
-        keys = [judgement_key(self.judge_id, r.rubric.content_hash, r.prompt, r.response, r.reference) for r in requests]
+        await self.llm.prepare()  # before the keys: the resolved server capabilities are part of them
+        identity = self.cache_identity()
+        keys = [judgement_key(identity, r.rubric.content_hash, r.prompt, r.response, r.reference) for r in requests]
         todo = []
         for i, key in enumerate(keys):
             hit = self.cache.get(key) if self.cache is not None else None
@@ -116,7 +145,6 @@ class RubricJudge:
             else:
                 todo.append(i)
         if todo:
-            await self.llm.prepare()
             form = self._form()
             nonce = ScoreSpec.new_nonce()
             calls = self._plan(requests, todo, nonce, form, self._score_nonce(nonce))

@@ -180,3 +180,50 @@ def test_meta_judge_answers_are_validated_against_the_schema_sent():
     sample = MetaSample("p", "r", (1.0, 2.0), 0.2)
     evo = asyncio.run(MetaJudge(llm, MetaSettings(num_samples=1)).evolve(RUBRIC, [sample], step=1))
     assert not evo.changed and evo.failures and "duplicate key" in evo.failures[0].error
+
+
+# ---- the judgement cache -----------------------------------------------------------------------
+
+from mpo_fast.judges import JudgeCache  # noqa: E402
+
+
+@pytest.mark.parametrize("change", [dict(min_score_mass=0.5), dict(max_new_tokens=64), dict(rationale_tokens=32),
+                                    dict(parse_retries=0), dict(max_rationale_chars=300)])
+def test_cache_misses_when_anything_that_changes_a_score_changes(change):
+    cache = JudgeCache()
+    base = dict(scoring="parse")
+    llm = ScriptedLLM(respond=lambda m, c: tags(score_names(m), [3, 4]))
+    _run(RubricJudge(llm, JudgeSettings(**base), cache=cache), [JudgeRequest("p", "r", RUBRIC)])
+    again = RubricJudge(llm, JudgeSettings(**base), cache=cache)
+    assert _run(again, [JudgeRequest("p", "r", RUBRIC)])[0].cached
+    other = RubricJudge(llm, JudgeSettings(**{**base, **change}), cache=cache)
+    assert not _run(other, [JudgeRequest("p", "r", RUBRIC)])[0].cached
+
+
+def test_cache_misses_across_logprob_sources_and_structured_output_kinds():
+    cache = JudgeCache()
+    def respond(m, c):
+        con = c["constraint"]
+        if con is not None and con.json_schema is not None:
+            names = [k for k in con.json_schema["properties"] if k != "justification"]
+            return json.dumps({"justification": "ok", **{n: 2 for n in names}})
+        return tags(score_names(m), [2, 2])
+    a = RubricJudge(ScriptedLLM(respond=respond, constraint_form="regex"), JudgeSettings(scoring="constrained"), cache=cache)
+    b = RubricJudge(ScriptedLLM(respond=respond, constraint_form="json_schema"), JudgeSettings(scoring="constrained"), cache=cache)
+    assert a.cache_identity() != b.cache_identity()
+    c = RubricJudge(ScriptedLLM(can_score_prefill=False, can_chat_logprobs=True), JudgeSettings(scoring="expected"))
+    d = RubricJudge(ScriptedLLM(), JudgeSettings(scoring="expected"))
+    assert c.cache_identity() != d.cache_identity()
+    _run(a, [JudgeRequest("p", "r", RUBRIC)])
+    assert not _run(b, [JudgeRequest("p", "r", RUBRIC)])[0].cached
+
+
+def test_lone_surrogate_in_judge_text_does_not_crash_the_cache_writer(tmp_path):
+    path = tmp_path / "judgements.jsonl"
+    llm = ScriptedLLM(respond=lambda m, c: tags(score_names(m), [3, 4], rationale="odd \ud800 text"))
+    out = _run(RubricJudge(llm, JudgeSettings(scoring="parse"), cache=JudgeCache(path)), [JudgeRequest("p", "r", RUBRIC)])
+    assert out[0].ok
+    reloaded = JudgeCache(path)
+    assert len(reloaded) == 1 and reloaded.skipped_lines == 0
+    hit = _run(RubricJudge(llm, JudgeSettings(scoring="parse"), cache=reloaded), [JudgeRequest("p", "r", RUBRIC)])[0]
+    assert hit.cached and "\ud800" in hit.rationale
