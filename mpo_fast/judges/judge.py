@@ -58,6 +58,7 @@ class _Call:
     values: list[float | None] = field(default_factory=list)
     status: list[ScoreStatus] = field(default_factory=list)
     mass: list[float | None] | None = None
+    unresolved: list[float | None] | None = None
     text: str = ""
     calls: int = 0
     error: str | None = None
@@ -306,6 +307,19 @@ class RubricJudge:
             return
         mass = dist.mass
         call.mass[j] = mass
+        if call.unresolved is None:
+            call.unresolved = [None] * call.spec.k
+        call.unresolved[j] = dist.unresolved
+        share = dist.unresolved_share
+        if share > self.settings.max_unresolved_share:
+            # A chat answer's top-k only shows the sampled path: after "7", the mass on "1" (-> 1
+            # or 10) is unobservable; leaving it out would bias the score, so the item fails.
+            call.status[j], call.values[j] = ScoreStatus.MISSING, None
+            call.error = call.error or (
+                f"unresolved_mass: {dist.unresolved:.4f} of the probability ({share:.0%} of the score mass) could not be "
+                f"resolved for item {call.items[j] + 1} (max_unresolved_share={self.settings.max_unresolved_share})"
+            )
+            return
         value = dist.expected(call.choices[j].values)
         if value is None or mass < self.settings.min_score_mass or not math.isfinite(value):
             call.status[j], call.values[j] = ScoreStatus.MISSING, None
@@ -398,6 +412,7 @@ class RubricJudge:
         values: list[float | None] = [None] * k
         status = [ScoreStatus.MISSING] * k
         mass: list[float | None] | None = None
+        unresolved: list[float | None] | None = None
         for c in calls:
             for j, item in enumerate(c.items):
                 values[item] = c.values[j]
@@ -405,6 +420,9 @@ class RubricJudge:
                 if c.mass is not None:
                     mass = mass or [None] * k
                     mass[item] = c.mass[j]
+                if c.unresolved is not None:
+                    unresolved = unresolved or [None] * k
+                    unresolved[item] = c.unresolved[j]
         ok = all(st == ScoreStatus.OK for st in status)
         reward = math.fsum(values) / rubric.max_total if ok else None  # type: ignore[arg-type]
         error = None
@@ -427,6 +445,7 @@ class RubricJudge:
             rationale=rationale,
             error=error,
             score_mass=None if mass is None else tuple(mass),
+            unresolved_mass=None if unresolved is None else tuple(unresolved),
             rubric_hash=rubric.content_hash,
         )
 

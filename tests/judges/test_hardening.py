@@ -227,3 +227,49 @@ def test_lone_surrogate_in_judge_text_does_not_crash_the_cache_writer(tmp_path):
     assert len(reloaded) == 1 and reloaded.skipped_lines == 0
     hit = _run(RubricJudge(llm, JudgeSettings(scoring="parse"), cache=reloaded), [JudgeRequest("p", "r", RUBRIC)])[0]
     assert hit.cached and "\ud800" in hit.rationale
+
+
+# ---- chat-logprob expected scores: unresolved mass -------------------------------------------
+
+import math  # noqa: E402
+
+from mpo_fast.judges import judgement_metrics  # noqa: E402
+
+
+def _chat_lp_server(first: str):
+    """A chat answer whose score token is `first` ("7" or "1" then "0"), with "1" and "7" in its top-k."""
+    def script(path, body):
+        names = score_names(body["messages"])
+        lp = [{"token": "Fine. ", "logprob": -0.1, "top_logprobs": []}]
+        for n in names:
+            lp.append({"token": f"<{n}>", "logprob": -0.01, "top_logprobs": []})
+            lp.append({"token": first, "logprob": math.log(0.5), "top_logprobs": [
+                {"token": "1", "logprob": math.log(0.5)}, {"token": "7", "logprob": math.log(0.3)}]})
+            if first == "1":
+                lp.append({"token": "0", "logprob": math.log(0.6), "top_logprobs": [
+                    {"token": "0", "logprob": math.log(0.6)}, {"token": "<", "logprob": math.log(0.4)}]})
+            lp.append({"token": f"</{n}>", "logprob": -0.01, "top_logprobs": []})
+        return ok(chat_body("".join(t["token"] for t in lp), lp))
+    return script
+
+
+def test_chat_logprob_item_with_unresolved_mass_fails_and_is_logged():
+    rubric = Rubric(task="essay", context="", items=(RubricItem("Depth", "Ideas.", 10),))
+
+    async def main(first):
+        async with FaultServer(_chat_lp_server(first)) as srv:
+            judge = OpenAIJudge(EndpointConfig(base_url=srv.url, model="m", structured_output="openai", logprobs="chat", **FAST),
+                                JudgeSettings(scoring="expected"))
+            out = await judge.judge([JudgeRequest("p", "r", rubric)])
+            await judge.aclose()
+            return out[0], judge
+
+    j, judge = asyncio.run(main("7"))  # "1" (-> 1 or 10) unobservable: 0.5 of 0.8 unresolved
+    assert not j.ok and j.reward is None and j.error.startswith("unresolved_mass")
+    assert j.unresolved_mass == pytest.approx((0.5,)) and judge.stats.errors == {"unresolved_mass": 1}
+    assert judgement_metrics([j])["judge_errors"] == {"unresolved_mass": 1}
+    j, judge = asyncio.run(main("1"))  # generated "1","0": the "7" branch is a leaf, all resolved
+    assert j.ok and j.item_scores == pytest.approx(((0.3 * 10 + 0.2 * 1 + 0.3 * 7) / 0.8,))
+    metrics = judgement_metrics([j])
+    assert metrics["judge_score_mass_p50"] == pytest.approx(0.8) and metrics["judge_unresolved_mass_max"] == 0.0
+    assert judge.stats.snapshot()["score_mass"]["min"] == pytest.approx(0.8)
