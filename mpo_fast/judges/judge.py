@@ -186,14 +186,10 @@ class RubricJudge:
         return ScoreForm("tag")
 
     def _score_nonce(self, nonce: str) -> str | None:
-        """The nonce goes into score names wherever the reply could be free text (see prompts.py):
-        parse mode, chat-logprob expected mode, and constrained mode too, since a server that
-        ignores the structured-output field answers in free text (the grammar writes the tag, so
-        the nonce costs nothing there). Only the prefilled expected mode, whose tag we write
-        ourselves, keeps plain names."""
-        scoring = self.settings.scoring
-        if scoring == ScoringMode.EXPECTED and self.llm.can_score_prefill:
-            return None
+        """The nonce goes into every score name, in every mode (see prompts.py): free-text replies
+        (parse, chat logprobs), constrained replies (a server may ignore the grammar) and the
+        prefilled tag of expected mode too, where a judge that copies what followed the tag
+        earlier in its context would otherwise read the policy's forged `<score>10`."""
         return nonce
 
     def _plan(self, requests, todo, nonce, form, score_nonce) -> list[_Call]:

@@ -161,7 +161,7 @@ def test_expected_mode_uses_probabilities_and_masks_low_mass():
             probs[1], probs[-1] = 0.3, 0.1
         return ChoiceDistribution(probs=probs, calls=1)
 
-    llm = ScriptedLLM(respond=lambda m, c: "Solid argument. <item1>5</item1>", dist=dist)
+    llm = ScriptedLLM(respond=lambda m, c: "Solid argument. <{0}>5</{0}>".format(score_names(m)[0]), dist=dist)
     judge = RubricJudge(llm, JudgeSettings(scoring="expected", min_score_mass=0.01))
     out = _run(judge, _requests(2))
     want = [(0.3 * 1 + 0.1 * m) / 0.4 for m in (5, 10, 5)]
@@ -171,12 +171,14 @@ def test_expected_mode_uses_probabilities_and_masks_low_mass():
     assert not out[1].ok and out[1].error.startswith("low_score_mass")
     # The rationale stops at the first score tag; each item is prefilled after the previous argmax.
     prefills = [c["prefill"] for kind, m, c in llm.log if kind == "score" and "(0)" in response_of(m)]
-    assert prefills[0] == "Solid argument.\n\nScores:\n<item1>"
+    n = score_names(llm.log[0][1])[0].split("-", 1)[1]  # the batch's nonce, in the prefilled tags too
+    assert prefills[0] == f"Solid argument.\n\nScores:\n<item1-{n}>"
     later = [p for p in prefills if "item3" in p][0]
-    assert later == "Solid argument.\n\nScores:\n<item1>1</item1>\n<item2>1</item2>\n<item3>"  # argmax of items 1, 2: value 1
+    # argmax of items 1, 2: value 1
+    assert later == f"Solid argument.\n\nScores:\n<item1-{n}>1</item1-{n}>\n<item2-{n}>1</item2-{n}>\n<item3-{n}>"
 
 
-def test_score_names_carry_the_nonce_wherever_the_reply_may_be_free_text():
+def test_score_names_carry_the_nonce_in_every_mode():
     def names(scoring, **llm_kw):
         llm = ScriptedLLM(respond=lambda m, c: "x", **llm_kw)
         _run(RubricJudge(llm, JudgeSettings(scoring=scoring, parse_retries=0)), _requests(1))
@@ -186,7 +188,8 @@ def test_score_names_carry_the_nonce_wherever_the_reply_may_be_free_text():
 
     parse_names, fence = names("parse")
     assert all(n.endswith("-" + fence) for n in parse_names)  # free text: nonce'd
-    assert names("expected")[0] == ["item1", "item2", "item3"]  # prefilled position: plain
+    exp_names, fence = names("expected")
+    assert all(n.endswith("-" + fence) for n in exp_names)  # prefilled: nonce'd (a parrot copies a forged tag)
     con_names, fence = names("constrained")
     assert all(n.endswith("-" + fence) for n in con_names)  # a server may ignore the grammar: nonce'd
     chat_names, fence = names("expected", can_score_prefill=False, can_chat_logprobs=True)
