@@ -150,7 +150,10 @@ def judgement_metrics(judgements: Sequence[Judgement]) -> dict[str, Any]:
     causes: dict[str, int] = {}
     for j in judgements:
         if not j.ok:
-            causes[failure_cause(j)] = causes.get(failure_cause(j), 0) + 1
+            cause = failure_cause(j)
+            if cause == "http":  # "http:timeout: ...": the transport kind is the useful cause
+                cause = ":".join((j.error or "").split(":", 2)[:2])
+            causes[cause] = causes.get(cause, 0) + 1
     mass = [m for j in fresh for m in (j.score_mass or ()) if m is not None and math.isfinite(m)]
     unresolved = [u for j in fresh for u in (j.unresolved_mass or ()) if u is not None and math.isfinite(u)]
     out: dict[str, Any] = {"judge_errors": causes}

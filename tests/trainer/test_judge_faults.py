@@ -1,0 +1,140 @@
+"""Issue 13: faults of a served judge through a whole training run (tiny random policy, CPU).
+
+The judge is a real OpenAIJudge against the project's fault server on 127.0.0.1 (run in its own
+thread: the trainer runs one event loop per step). 500s, 429 + Retry-After, garbage JSON,
+truncated bodies, trickling bodies and hangs are sprinkled over the requests: the run finishes,
+every failed judgement is masked and counted by cause in metrics.jsonl, and every reward that is
+used is exactly the one a good answer gives (none is made up). Past max_failure_rate the run
+stops with its last checkpoint."""
+import asyncio
+import itertools
+import json
+import threading
+
+import pytest
+
+from mpo_fast.judges import EndpointConfig, JudgeSettings as RMSettings, OpenAIJudge
+from mpo_fast.trainer import JudgeFailureRateError, MPOTrainer
+from mpo_fast.trainer.checkpoint import list_checkpoints
+from mpo_fast.trainer.run_log import read_jsonl
+from tests.judges.fakes import score_names, tags
+from tests.judges.fault_server import FaultServer, Reply, chat_body, ok
+from tests.tiny_models import tiny_causal_lm
+from tests.trainer.conftest import PROMPTS, tiny_config
+from tests.trainer.fakes import ShortEssayTask
+
+pytestmark = pytest.mark.slow
+GOOD_SCORE = 1  # every item of a good answer gets 1 point
+
+
+class ThreadedFaultServer:
+    """FaultServer on its own event loop in a daemon thread; stop() ends it (and its hangs)."""
+
+    def __init__(self, script):
+        self.server = FaultServer(script)
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._main, daemon=True)
+
+    def _main(self):
+        asyncio.set_event_loop(self._loop)
+        self._loop.run_until_complete(self.server.__aenter__())
+        self._ready.set()
+        self._loop.run_forever()
+        self._loop.run_until_complete(self.server.stop())
+        self._loop.close()
+
+    def __enter__(self):
+        self._thread.start()
+        assert self._ready.wait(10)
+        return self.server
+
+    def __exit__(self, *exc):
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+
+
+def _good(body):
+    names = score_names(body["messages"])
+    return ok(chat_body(tags(names, [GOOD_SCORE] * len(names))))
+
+
+def faulty_script():
+    counter = itertools.count()
+
+    def script(path, body):
+        n = next(counter)
+        if path.endswith("/models"):
+            return ok({"data": [{"id": "m", "owned_by": "vllm"}]})
+        good = json.dumps(_good(body).body)
+        fault = n % 9
+        if fault == 0:
+            return Reply(500, {"error": "boom"})
+        if fault == 1:
+            return Reply(429, {"error": "slow down"}, headers={"Retry-After": "0"})
+        if fault == 2:
+            return Reply(200, "{not json at all")
+        if fault == 3:
+            return Reply(200, good[: len(good) // 2])  # truncated body
+        if fault == 4:
+            return Reply(200, good.encode(), trickle_s=0.01)  # ~4 s for the body: past the deadline
+        if fault == 5:
+            return Reply(hang=True)
+        return _good(body)
+
+    return script
+
+
+def _trainer(tmp_path, tokenizer, rm, **cfg):
+    return MPOTrainer(tiny_causal_lm(tokenizer, seed=0), args=tiny_config(tmp_path, **cfg), train_dataset=PROMPTS,
+                      judge=rm, meta_judge=None, processing_class=tokenizer, task=ShortEssayTask())
+
+
+def _judge(url, **kw):
+    cfg = EndpointConfig(base_url=url, model="m", structured_output="vllm", timeout_s=0.5, max_retries=1,
+                         backoff_base_s=0.01, backoff_max_s=0.02, **kw)
+    return OpenAIJudge(cfg, RMSettings(scoring="parse", parse_retries=0))
+
+
+def test_faults_through_a_run_are_masked_and_counted_by_cause(tmp_path, tokenizer):
+    with ThreadedFaultServer(faulty_script()) as srv:
+        judge = _judge(srv.url)
+        result = _trainer(tmp_path, tokenizer, judge, train={"max_steps": 3}, judge={"max_failure_rate": 0.9}).train()
+    rows = read_jsonl(tmp_path / "run" / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    failed = sum(r["judge_failed"] for r in rows)
+    assert failed == result.judge_failures > 0 and result.judgements == 24
+    causes: dict[str, int] = {}
+    for r in rows:
+        assert sum(r["judge_errors"].values()) == r["judge_failed"]
+        for k, v in r["judge_errors"].items():
+            causes[k] = causes.get(k, 0) + v
+    assert set(causes) <= {"http:server_error", "http:rate_limited", "http:bad_response", "http:timeout"}, causes
+    counters = judge.llm.client.counters.snapshot()["errors"]
+    assert {"server_error", "rate_limited", "bad_response", "timeout"} <= set(counters), counters
+    samples = read_jsonl(tmp_path / "run" / "samples.jsonl")
+    valid = [s for s in samples if s["valid"]]
+    assert len(samples) - len(valid) == failed
+    assert all(s["reward"] is None and s["advantage"] == 0 for s in samples if not s["valid"])
+    # No reward is made up: every used reward is the good answer's (1 point per item).
+    assert valid
+    rubric = ShortEssayTask().initial_rubric()
+    want = GOOD_SCORE * len(rubric.items) / rubric.max_total
+    assert all(s["reward"] == pytest.approx(want) for s in valid), {s["reward"] for s in valid}
+
+
+def test_dead_judge_stops_the_run_past_max_failure_rate_with_its_checkpoint(tmp_path, tokenizer):
+    counter = itertools.count()
+
+    def script(path, body):
+        # Good for the first two steps (8 requests each), then every request is a 500.
+        return _good(body) if next(counter) < 16 else Reply(500, {"error": "down"})
+
+    with ThreadedFaultServer(script) as srv:
+        judge = _judge(srv.url)
+        trainer = _trainer(tmp_path, tokenizer, judge, train={"max_steps": 6},
+                           judge={"max_failure_rate": 0.3, "min_judged": 8})
+        with pytest.raises(JudgeFailureRateError, match=r"stopping at step 3"):
+            trainer.train()
+    assert [s for s, _ in list_checkpoints(tmp_path / "run")] == [2]
+    assert [r["step"] for r in read_jsonl(tmp_path / "run" / "metrics.jsonl")] == [1, 2]
