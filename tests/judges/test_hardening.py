@@ -7,6 +7,7 @@ import time
 import pytest
 
 from mpo_fast.judges import JudgeRequest, JudgeSettings, RubricJudge
+from mpo_fast.judges.expected import ChoiceDistribution
 from mpo_fast.judges.schema_check import ReplyMismatch, check_json, check_regex, _validate_subset
 from mpo_fast.judges.constrained import rubric_items_schema
 from mpo_fast.parsing import ScoreStatus
@@ -273,3 +274,14 @@ def test_chat_logprob_item_with_unresolved_mass_fails_and_is_logged():
     metrics = judgement_metrics([j])
     assert metrics["judge_score_mass_p50"] == pytest.approx(0.8) and metrics["judge_unresolved_mass_max"] == 0.0
     assert judge.stats.snapshot()["score_mass"]["min"] == pytest.approx(0.8)
+
+
+def test_default_min_score_mass_rejects_a_score_built_from_two_percent():
+    def dist(messages, prefill, ch):
+        probs = [0.0] * len(ch.texts)
+        probs[-1] = 0.02  # the judge was not about to write a score
+        return ChoiceDistribution(probs=probs, calls=1)
+
+    llm = ScriptedLLM(respond=lambda m, c: "Fine.", dist=dist)
+    out = _run(RubricJudge(llm, JudgeSettings(scoring="expected")), [JudgeRequest("p", "r", RUBRIC)])
+    assert not out[0].ok and out[0].error.startswith("low_score_mass") and out[0].score_mass[0] == pytest.approx(0.02)

@@ -230,8 +230,13 @@ def test_tiny_model_every_mode(call_mode):
     common = dict(call_mode=call_mode, max_new_tokens=16, max_rationale_chars=16, rationale_tokens=8, temperature=0.8)
     results = {}
     for scoring in ("parse", "constrained", "expected"):
-        judge = LocalJudge(model, tok, JudgeSettings(scoring=scoring, **common))
+        # min_score_mass=0 for expected: a random model puts ~1.5% on the allowed scores, which the
+        # default (0.05) rightly rejects (checked below); the mechanics are what is tested here.
+        extra = {"min_score_mass": 0.0} if scoring == "expected" else {}
+        judge = LocalJudge(model, tok, JudgeSettings(scoring=scoring, **common, **extra))
         results[scoring] = (_run(judge, reqs), judge.stats)
+    default = LocalJudge(model, tok, JudgeSettings(scoring="expected", **common))
+    assert all(not j.ok and j.error.startswith("low_score_mass") for j in _run(default, reqs))
     out, stats = results["constrained"]
     assert stats.failure_rate == 0.0 and all(j.ok and 0 <= j.reward <= 1 for j in out)
     out, stats = results["expected"]
