@@ -37,7 +37,7 @@ class FaultServer:
     """`script`: a list of Reply (consumed in order; the last one repeats) or a callable
     (path, json_body) -> Reply."""
 
-    def __init__(self, script: list[Reply] | Callable[[str, Any], Reply]):
+    def __init__(self, script: list[Reply] | Callable[[str, Any], Reply], port: int = 0):
         self.script = script
         self.requests: list[tuple[str, str, Any, dict[str, str]]] = []  # (method, path, json, headers)
         self.in_flight = 0
@@ -45,14 +45,14 @@ class FaultServer:
         self._n = 0
         self._server = None
         self._tasks: set[asyncio.Task] = set()
-        self.port = 0
+        self.port = port
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
 
     async def __aenter__(self) -> "FaultServer":
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port, reuse_address=True)
         self.port = self._server.sockets[0].getsockname()[1]
         return self
 

@@ -28,13 +28,23 @@ GOOD_SCORE = 1  # every item of a good answer gets 1 point
 
 
 class ThreadedFaultServer:
-    """FaultServer on its own event loop in a daemon thread; stop() ends it (and its hangs)."""
+    """FaultServer on its own event loop in a daemon thread; leaving the block ends it (and its
+    hangs). kill() and restart() take it down and bring it back on the same port."""
 
-    def __init__(self, script):
-        self.server = FaultServer(script)
+    def __init__(self, script, port: int = 0):
+        self.script = script
+        self.server = FaultServer(script, port=port)
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._main, daemon=True)
+
+    def kill(self):
+        self.__exit__()
+
+    def restart(self):
+        port = self.server.port
+        self.__init__(self.script, port=port)
+        return self.__enter__()
 
     def _main(self):
         asyncio.set_event_loop(self._loop)
@@ -138,3 +148,67 @@ def test_dead_judge_stops_the_run_past_max_failure_rate_with_its_checkpoint(tmp_
             trainer.train()
     assert [s for s, _ in list_checkpoints(tmp_path / "run")] == [2]
     assert [r["step"] for r in read_jsonl(tmp_path / "run" / "metrics.jsonl")] == [1, 2]
+
+
+def test_judge_server_killed_and_restarted_mid_run(tmp_path, tokenizer):
+    srv = ThreadedFaultServer(lambda path, body: _good(body))
+    server = srv.__enter__()
+    judge = _judge(server.url)
+    original = judge.judge
+    calls = itertools.count(1)
+
+    async def judge_with_outage(requests):
+        n = next(calls)
+        if n == 2:
+            srv.kill()  # step 2 is judged against a dead server: refused connections
+        if n == 3:
+            srv.restart()  # back on the same port for step 3
+        return await original(requests)
+
+    judge.judge = judge_with_outage
+    try:
+        result = _trainer(tmp_path, tokenizer, judge, train={"max_steps": 3}, judge={"max_failure_rate": 0.9}).train()
+    finally:
+        srv.kill()
+    rows = read_jsonl(tmp_path / "run" / "metrics.jsonl")
+    assert [r["judge_failed"] for r in rows] == [0, 8, 0]
+    assert rows[1]["judge_errors"] == {"http:connection": 8} and result.judge_failures == 8
+    assert rows[2]["valid_samples"] == 8  # the restarted server is used again
+
+
+def test_stopped_run_resumes_from_its_last_checkpoint(tmp_path, tokenizer):
+    counter = itertools.count()
+
+    def dying(path, body):
+        return _good(body) if next(counter) < 16 else Reply(500, {"error": "down"})
+
+    cfg = dict(train={"max_steps": 4}, judge={"max_failure_rate": 0.3, "min_judged": 8})
+    with ThreadedFaultServer(dying) as srv:
+        with pytest.raises(JudgeFailureRateError):
+            _trainer(tmp_path, tokenizer, _judge(srv.url), **cfg).train()
+    with ThreadedFaultServer(lambda path, body: _good(body)) as srv:
+        result = _trainer(tmp_path, tokenizer, _judge(srv.url), resume=True, **cfg).train()
+    rows = read_jsonl(tmp_path / "run" / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]  # the stopped step 3 was not logged; resumed from step 2
+    assert [r["judge_failed"] for r in rows] == [0, 0, 0, 0] and result.judgements == 32
+
+
+def test_faults_through_the_overlapped_pipeline_at_staleness_one(tmp_path, tokenizer):
+    from mpo_fast.trainer.pipeline import PipelineSettings, train_pipelined
+
+    with ThreadedFaultServer(faulty_script()) as srv:
+        judge = _judge(srv.url)
+        trainer = _trainer(tmp_path, tokenizer, judge, train={"max_steps": 3}, judge={"max_failure_rate": 0.9})
+        report = train_pipelined(trainer, PipelineSettings(mode="overlapped", max_staleness=1, judge_timeout_s=20.0,
+                                                           stall_timeout_s=60.0, shutdown_timeout_s=5.0))
+    rows = read_jsonl(tmp_path / "run" / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2, 3] and report.max_observed_staleness <= 1
+    assert sum(r["judge_failed"] for r in rows) > 0
+    for r in rows:
+        assert sum(r["judge_errors"].values()) == r["judge_failed"]
+        assert set(r["judge_errors"]) <= {"http:server_error", "http:rate_limited", "http:bad_response", "http:timeout"}
+    rubric = ShortEssayTask().initial_rubric()
+    want = GOOD_SCORE * len(rubric.items) / rubric.max_total
+    samples = read_jsonl(tmp_path / "run" / "samples.jsonl")
+    assert all((s["reward"] is None) != s["valid"] for s in samples)
+    assert all(s["reward"] == pytest.approx(want) for s in samples if s["valid"])
