@@ -285,3 +285,24 @@ def test_default_min_score_mass_rejects_a_score_built_from_two_percent():
     llm = ScriptedLLM(respond=lambda m, c: "Fine.", dist=dist)
     out = _run(RubricJudge(llm, JudgeSettings(scoring="expected")), [JudgeRequest("p", "r", RUBRIC)])
     assert not out[0].ok and out[0].error.startswith("low_score_mass") and out[0].score_mass[0] == pytest.approx(0.02)
+
+
+@pytest.mark.parametrize("use_jsonschema", [True, False])
+def test_both_validators_agree_on_the_schemas_judges_send(monkeypatch, use_jsonschema):
+    from mpo_fast.judges import schema_check
+    from mpo_fast.judges.constrained import score_json_constraint
+    from mpo_fast.parsing import ScoreSpec
+
+    if use_jsonschema:
+        pytest.importorskip("jsonschema")
+    else:
+        monkeypatch.setattr(schema_check, "_jsonschema", None)
+    spec = ScoreSpec(format="json", k=2, item_names=("item1", "item2"), lo=0.0, hi=(5.0, 10.0), nonce="ab12cd")
+    schema = score_json_constraint(spec, max_chars=20).json_schema
+    good = {"justification": "short", "item1-ab12cd": 5, "item2-ab12cd": 10}
+    assert check_json(json.dumps(good), schema) == good
+    bad = [{**good, "item1-ab12cd": 6}, {**good, "item2-ab12cd": "10"}, {**good, "justification": "x" * 21},
+           {k: v for k, v in good.items() if k != "item2-ab12cd"}, {**good, "item1": 5}, {**good, "item1-ab12cd": True}]
+    for value in bad:
+        with pytest.raises(ReplyMismatch):
+            check_json(json.dumps(value), schema)
