@@ -212,3 +212,41 @@ def test_faults_through_the_overlapped_pipeline_at_staleness_one(tmp_path, token
     samples = read_jsonl(tmp_path / "run" / "samples.jsonl")
     assert all((s["reward"] is None) != s["valid"] for s in samples)
     assert all(s["reward"] == pytest.approx(want) for s in samples if s["valid"])
+
+
+@pytest.mark.parametrize("mode", ["serial", "overlapped"])
+def test_cli_exits_with_the_judge_failure_status_when_the_served_judge_dies(tmp_path, mode):
+    import yaml
+
+    from mpo_fast.cli import EXIT_JUDGE_FAILURES, main
+    from tests.tiny_models import char_tokenizer
+
+    model_dir = tmp_path / "tiny"
+    tok = char_tokenizer()
+    tiny_causal_lm(tok, seed=1).save_pretrained(model_dir)
+    tok.save_pretrained(model_dir)
+    counter = itertools.count()
+
+    def script(path, body):
+        if path.endswith("/models"):
+            return ok({"data": [{"id": "m", "owned_by": "vllm"}]})
+        return _good(body) if next(counter) < 4 else Reply(500, {"error": "down"})  # one good step of 4 samples
+
+    with ThreadedFaultServer(script) as srv:
+        config = {
+            "output_dir": str(tmp_path / "run"),
+            "model": {"name_or_path": str(model_dir)},
+            "lora": {"enabled": False},
+            "task": {"name": "essay", "limit": 4, "max_prompt_tokens": 4096},
+            "rollout": {"prompts_per_step": 2, "num_generations": 2, "max_new_tokens": 6, "temperature": 1.0},
+            "judge": {"backend": "openai", "base_url": srv.url, "model": "m", "scoring": "parse", "max_retries": 0,
+                      "timeout_s": 2.0, "min_judged": 4, "max_failure_rate": 0.4},
+            "meta": {"enabled": False},
+            "train": {"max_steps": 4},
+            "log": {"save_steps": 1, "report_to": ["none"], "progress": False},
+            "pipeline": {"mode": mode, "max_staleness": 1 if mode == "overlapped" else 0},
+        }
+        path = tmp_path / "config.yaml"
+        path.write_text(yaml.safe_dump(config))
+        assert main(["train", "--config", str(path)]) == EXIT_JUDGE_FAILURES
+    assert list_checkpoints(tmp_path / "run")  # the last good checkpoint is there to resume from
