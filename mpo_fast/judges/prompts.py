@@ -112,7 +112,7 @@ def rm_messages(
 def score_spec(rubric: Rubric, items: tuple[int, ...], nonce: str | None, *, form: ScoreForm = ScoreForm("tag")) -> ScoreSpec:
     """The ScoreSpec a call scoring `items` reads back: integer scores in [0, max_points] per item.
 
-    nonce: appended to the score names (None: plain names; see the module docstring for when).
+    nonce: appended to the score names (the judge passes one in every mode; None gives plain names).
     Fractions are scaled to the item's range ("8/10" on a 0-5 item reads as 4): real judges write
     them, and reading them beats masking the judgement.
     One item: the name "score"; several: "item1", "item2", ... (each read from its own name, so
