@@ -1,8 +1,10 @@
 """HTTP for OpenAI-compatible judge endpoints: concurrency limit, per-request timeout, rate
 limits, and bounded retries with exponential backoff and full jitter.
 
-Transient failures (timeouts, connection errors, 429, 5xx, a 200 whose body is not the expected
-JSON) are retried up to `max_retries` times; `Retry-After` is honoured. Anything else (400, 401,
+`timeout_s` is a total deadline per attempt, body read included (httpx's own timeout bounds
+each read only, so a server trickling a byte a second would never time out). Transient failures
+(timeouts, connection errors, 429, 5xx, a 200 whose body is not the expected JSON or cannot be
+decoded) are retried up to `max_retries` times; `Retry-After` is honoured. Anything else (400, 401,
 404: a wrong model name, a missing key, an unsupported field) fails at once with the server's
 message, because retrying cannot fix it. Every loop is bounded: a request costs at most
 (max_retries + 1) x (timeout_s + backoff_max_s) seconds.
@@ -188,10 +190,10 @@ class EndpointClient:
         return delay
 
     async def get(self, path: str) -> Any:
-        """One GET without retries (for capability probes)."""
+        """One GET without retries (for capability probes), within the total deadline."""
         client = self._bind()
         async with self._semaphore:
-            resp = await client.get(path.lstrip("/"))
+            resp = await asyncio.wait_for(client.get(path.lstrip("/")), self.config.timeout_s)
         resp.raise_for_status()
         return resp.json()
 
@@ -221,18 +223,22 @@ class EndpointClient:
             status = None
             try:
                 async with self._semaphore:
-                    resp = await client.post(path.lstrip("/"), json=payload)
-            except httpx.TimeoutException as exc:
-                kind, message = "timeout", f"no answer within {cfg.timeout_s:g} s ({type(exc).__name__})"
+                    # The deadline starts once a slot is free: waiting for the concurrency limit is
+                    # not the server's fault. wait_for, not asyncio.timeout: Python 3.10 is supported.
+                    resp = await asyncio.wait_for(client.post(path.lstrip("/"), json=payload), cfg.timeout_s)
+            except (httpx.TimeoutException, asyncio.TimeoutError) as exc:
+                kind, message = "timeout", f"no complete answer within {cfg.timeout_s:g} s ({type(exc).__name__})"
             except httpx.TransportError as exc:
                 kind, message = "connection", f"{type(exc).__name__}: {exc}"
+            except httpx.RequestError as exc:  # DecodingError (bad gzip, bad charset), TooManyRedirects
+                kind, message = "bad_response", f"{type(exc).__name__}: {exc}"
             else:
                 status = resp.status_code
                 if status == 200:
                     try:
                         body = resp.json()
                         result = extract(body)
-                    except (ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
+                    except Exception as exc:  # noqa: BLE001 - any unreadable body is a failed attempt, never a crash
                         kind, message = "bad_response", f"unreadable 200 answer ({type(exc).__name__}: {exc}): {resp.text[:200]!r}"
                     else:
                         used = usage_tokens(body) if usage_tokens is not None else None

@@ -36,7 +36,8 @@ def _config(tmp_path, tiny_dir, **sections) -> str:
         "lora": {"enabled": True, "r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]},
         "task": {"name": "essay", "limit": 4, "max_prompt_tokens": 4096},
         "rollout": {"prompts_per_step": 1, "num_generations": 2, "max_new_tokens": 6, "temperature": 1.0},
-        "judge": {"model": "policy", "scoring": "expected", "max_rationale_tokens": 4, "min_judged": 2},
+        # min_score_mass 0: the random tiny judge puts ~1.5% on the allowed scores (the 0.05 default rejects it).
+        "judge": {"model": "policy", "scoring": "expected", "max_rationale_tokens": 4, "min_judged": 2, "min_score_mass": 0.0},
         "meta": {"enabled": False},
         "train": {"max_steps": 2, "kl_coef": 0.05},
         "log": {"save_steps": 1, "report_to": ["none"], "progress": False},

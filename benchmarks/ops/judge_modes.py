@@ -5,8 +5,9 @@ fixed essays of mixed quality (one of them tries to inject a score). Each mode g
 warm-up call (grammar compilation, first-call allocations), then one timed batch of all requests.
 
 Reported per mode (provider): judgements_per_s, failure_rate, mean and std of the rewards (a GRPO
-group needs std > 0), mean probability mass on the allowed scores (expected mode), and the model
-calls made. median_ms / p20_ms / p80_ms are the batch wall time per judgement (one timed pass:
+group needs std > 0), mean and minimum probability mass on the allowed scores and the largest
+unresolved mass (expected mode), failures by cause, and the model calls made. Every mode gets the
+same generation budget (rationale of 240 characters / 60 tokens, plus score lines). median_ms / p20_ms / p80_ms are the batch wall time per judgement (one timed pass:
 a pass takes tens of seconds on a CPU, so repeats would buy little precision for much time).
 """
 from __future__ import annotations
@@ -17,6 +18,8 @@ import time
 from typing import Iterator
 
 from benchmarks.common import BenchContext
+
+_RATIONALE_CHARS = 240
 
 ESSAYS = [
     "The elevator shuddered and stopped between floors. I watched the number on my wrist tick to zero and "
@@ -61,9 +64,14 @@ def run(ctx: BenchContext) -> Iterator[dict]:
         requests = _requests(n)
         k = len(requests[0].rubric.items)
         for scoring in ("parse", "constrained", "expected"):
+            # One generation budget for every mode: a 240-character rationale (~60 tokens at ~4
+            # characters per token) plus, where the judge writes its scores itself, ~16 tokens
+            # per score line. Unequal budgets would compare rationale lengths, not modes.
+            rationale_tokens = _RATIONALE_CHARS // 4
             settings = JudgeSettings(
-                scoring=scoring, call_mode=call_mode, temperature=0.7, max_new_tokens=160,
-                max_rationale_chars=240, rationale_tokens=48, parse_retries=0,
+                scoring=scoring, call_mode=call_mode, temperature=0.7,
+                max_new_tokens=rationale_tokens + 16 * (k if call_mode == "all_items" else 1),
+                max_rationale_chars=_RATIONALE_CHARS, rationale_tokens=rationale_tokens, parse_retries=0,
             )
             judge = LocalJudge(model, tokenizer, settings, max_batch_size=16)
             asyncio.run(judge.judge(requests[:1]))  # warm-up: grammar compile, allocator
@@ -73,6 +81,7 @@ def run(ctx: BenchContext) -> Iterator[dict]:
             elapsed = time.perf_counter() - t0
             rewards = [j.reward for j in out if j.ok]
             masses = [m for j in out if j.score_mass for m in j.score_mass if m is not None]
+            unresolved = [u for j in out if j.unresolved_mass for u in j.unresolved_mass if u is not None]
             per_ms = elapsed / n * 1e3
             yield {
                 "provider": scoring,
@@ -87,6 +96,11 @@ def run(ctx: BenchContext) -> Iterator[dict]:
                 "reward_mean": statistics.fmean(rewards) if rewards else None,
                 "reward_std": statistics.pstdev(rewards) if len(rewards) > 1 else None,
                 "score_mass_mean": statistics.fmean(masses) if masses else None,
+                "score_mass_min": min(masses) if masses else None,
+                "unresolved_mass_max": max(unresolved) if unresolved else None,
+                "errors": dict(judge.stats.errors),
+                "max_new_tokens": settings.max_new_tokens,
+                "rationale_tokens": settings.rationale_tokens,
                 "model_calls": sum(j.calls for j in out),
                 "item_status": judge.stats.item_status,
                 "model": "SmolLM2-135M-Instruct",

@@ -10,6 +10,7 @@ from .constrained import Constraint
 from .expected import ChoiceDistribution, ScoreChoices
 from .hacking import HackingDetector, HackingSignal
 from .judge import RubricJudge
+
 from .llm import LLM, Generation
 from .local import LocalJudge
 from .local_llm import LocalLLM
@@ -17,7 +18,7 @@ from .meta import Evolution, MetaFailure, MetaJudge, MetaSample, MetaSettings, p
 from .openai import OpenAIJudge
 from .openai_llm import ChatRenderer, OpenAICompatibleLLM
 from .settings import JudgeSettings
-from .types import CallMode, Judgement, JudgeRequest, JudgeStats, ScoringMode
+from .types import CallMode, Judgement, JudgeRequest, JudgeStats, ScoringMode, judgement_metrics
 
 __all__ = [
     "CallMode",
@@ -48,5 +49,6 @@ __all__ = [
     "ScoreChoices",
     "ScoringMode",
     "judgement_key",
+    "judgement_metrics",
     "prescreen",
 ]

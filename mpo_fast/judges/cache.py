@@ -1,7 +1,9 @@
 """Judgement cache: a resumed run never pays twice for the same judgement.
 
-Keyed by (judge id, rubric hash, prompt, response, reference): the judge id names the model,
-scoring mode, call mode, temperature and prompt version, so changing any of them misses. Only
+Keyed by (judge identity, rubric hash, prompt, response, reference): the identity
+(RubricJudge.cache_identity) covers the model, every JudgeSettings field, the prompt version, the
+logprob source and top-k, and the structured-output kind, so changing anything that changes a
+score misses. Only
 successful judgements are stored: a failure is retried on resume, never replayed.
 
 Stored as append-only JSON lines in the run directory (`judgements.jsonl`): plain data, never
@@ -87,7 +89,9 @@ class JudgeCache:
             if self.path is None or not fresh:
                 return
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            lines = "".join(json.dumps({"key": k, "judgement": d}, ensure_ascii=False, allow_nan=False) + "\n" for k, d in fresh)
+            # ensure_ascii: judge text may hold a lone surrogate ("\ud800" from a server's JSON escape),
+            # which UTF-8 cannot encode; escaped, it is written and read back unchanged.
+            lines = "".join(json.dumps({"key": k, "judgement": d}, ensure_ascii=True, allow_nan=False) + "\n" for k, d in fresh)
             # One write per batch in append mode: a crash tears at most the last line.
             with self.path.open("a", encoding="utf-8") as fh:
                 fh.write(lines)

@@ -117,10 +117,18 @@ class ChoiceDistribution:
     def mass(self) -> float:
         return float(math.fsum(self.probs))
 
-    def expected(self, values: tuple[float, ...]) -> float | None:
-        """Probability-weighted value over the allowed choices; None if no mass at all."""
+    @property
+    def unresolved_share(self) -> float:
+        """unresolved / (mass + unresolved): how much of the score's probability is unaccounted
+        for; the expectation can be off by up to this share of the item's range."""
+        total = self.mass + self.unresolved
+        return float(self.unresolved / total) if total > 0.0 else 0.0
+
+    def expected(self, values: tuple[float, ...], *, max_unresolved_share: float = 1.0) -> float | None:
+        """Probability-weighted value over the allowed choices; None if no mass at all, or if more
+        than `max_unresolved_share` of the mass could not be resolved (the value would be biased)."""
         total = self.mass
-        if not total > 0.0:
+        if not total > 0.0 or self.unresolved_share > max_unresolved_share:
             return None
         return float(math.fsum(p * v for p, v in zip(self.probs, values)) / total)
 

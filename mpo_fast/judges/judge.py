@@ -14,6 +14,9 @@ loses items. Any failed item fails the judgement: reward None, the reason in `er
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import hashlib
+import json
 import logging
 import math
 import time
@@ -26,6 +29,7 @@ from .cache import JudgeCache, judgement_key
 from .constrained import Constraint, score_json_constraint, score_tags_constraint
 from .expected import ChoiceDistribution, ScoreChoices, distribution_from_chat_logprobs
 from .llm import LLM, Generation, Message
+from .schema_check import ReplyMismatch, check_json, check_regex
 from .prompts import PROMPT_VERSION, ScoreForm, rm_messages, score_spec
 from .settings import JudgeSettings
 from .types import CallMode, Judgement, JudgeRequest, JudgeStats, ScoringMode
@@ -54,6 +58,7 @@ class _Call:
     values: list[float | None] = field(default_factory=list)
     status: list[ScoreStatus] = field(default_factory=list)
     mass: list[float | None] | None = None
+    unresolved: list[float | None] | None = None
     text: str = ""
     calls: int = 0
     error: str | None = None
@@ -87,6 +92,30 @@ class RubricJudge:
         s = self.settings
         return f"{self.llm.model_id}|{s.mode_name}|T{s.temperature:g}|R{s.max_rationale_chars}|P{PROMPT_VERSION}"
 
+    def cache_identity(self) -> str:
+        """judge_id plus everything else that changes a score, hashed: every setting (logprob
+        threshold, rationale budget, max_new_tokens, retries ...), where scores come from (logprob
+        source, top-k, chat template) and, in constrained mode, the structured-output kind. A
+        cached judgement is reused only by a judge that would have produced it the same way."""
+        s = self.settings
+        llm = self.llm
+        parts: dict[str, Any] = {f.name: getattr(s, f.name) for f in dataclasses.fields(s)}
+        parts.update(
+            prompt_version=PROMPT_VERSION,
+            logprob_source=getattr(llm, "logprob_source", None),
+            can_score_prefill=bool(llm.can_score_prefill),
+            can_chat_logprobs=bool(llm.can_chat_logprobs),
+        )
+        endpoint = getattr(llm, "endpoint", None)
+        if endpoint is not None:
+            parts.update(top_logprobs=endpoint.top_logprobs, chat_template=endpoint.chat_template,
+                         max_output_tokens=endpoint.max_output_tokens)
+        if s.scoring == ScoringMode.CONSTRAINED:
+            parts["constraint_form"] = llm.constraint_form
+            parts["structured_output"] = getattr(llm, "flavour", None)
+        blob = json.dumps(parts, sort_keys=True, default=str)
+        return f"{self.judge_id}|{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
+
     def stats_snapshot(self) -> dict[str, Any]:
         snap = self.stats.snapshot()
         snap["mode"] = self.settings.mode_name
@@ -106,7 +135,9 @@ class RubricJudge:
                 raise TypeError(f"requests[{i}] is a {type(r).__name__}, expected JudgeRequest")
         start = time.perf_counter()
         results: list[Judgement | None] = [None] * len(requests)
-        keys = [judgement_key(self.judge_id, r.rubric.content_hash, r.prompt, r.response, r.reference) for r in requests]
+        await self.llm.prepare()  # before the keys: the resolved server capabilities are part of them
+        identity = self.cache_identity()
+        keys = [judgement_key(identity, r.rubric.content_hash, r.prompt, r.response, r.reference) for r in requests]
         todo = []
         for i, key in enumerate(keys):
             hit = self.cache.get(key) if self.cache is not None else None
@@ -115,7 +146,6 @@ class RubricJudge:
             else:
                 todo.append(i)
         if todo:
-            await self.llm.prepare()
             form = self._form()
             nonce = ScoreSpec.new_nonce()
             calls = self._plan(requests, todo, nonce, form, self._score_nonce(nonce))
@@ -156,11 +186,11 @@ class RubricJudge:
         return ScoreForm("tag")
 
     def _score_nonce(self, nonce: str) -> str | None:
-        """The nonce goes into score names only where the score is found in free text (see prompts.py)."""
-        scoring = self.settings.scoring
-        if scoring == ScoringMode.PARSE or (scoring == ScoringMode.EXPECTED and not self.llm.can_score_prefill):
-            return nonce
-        return None
+        """The nonce goes into every score name, in every mode (see prompts.py): free-text replies
+        (parse, chat logprobs), constrained replies (a server may ignore the grammar) and the
+        prefilled tag of expected mode too, where a judge that copies what followed the tag
+        earlier in its context would otherwise read the policy's forged `<score>10`."""
+        return nonce
 
     def _plan(self, requests, todo, nonce, form, score_nonce) -> list[_Call]:
         calls = []
@@ -221,7 +251,41 @@ class RubricJudge:
         gens = await self.llm.generate(
             [c.messages for c in calls], max_tokens=s.max_new_tokens, temperature=s.temperature, constraints=constraints
         )
-        self._read(calls, gens)
+        for c, g, con in zip(calls, gens, constraints):
+            self._read_constrained(c, g, con)
+
+    @staticmethod
+    def _read_constrained(call: _Call, gen: Generation, constraint: Constraint) -> None:
+        """Scores only from a reply that matches the exact constraint sent, read from the match.
+
+        A server may ignore the structured-output field and answer in free text; such a reply is
+        MALFORMED (or TRUNCATED when it ran out of tokens): masked and counted, never parsed.
+        """
+        call.calls += gen.calls
+        if gen.error is not None:
+            call.fail(gen.error)
+            return
+        call.text = gen.text
+        call.error = None
+        try:
+            if constraint.regex is not None:
+                groups = check_regex(gen.text, constraint.regex).groups()
+                values = [ch.values[ch.texts.index(t)] for ch, t in zip(call.choices, groups)]
+            else:
+                obj = check_json(gen.text, constraint.json_schema)
+                values = [float(obj[call.spec.tag_name(j)]) for j in range(call.spec.k)]
+        except (ReplyMismatch, ValueError, KeyError, TypeError) as exc:
+            bad = ScoreStatus.TRUNCATED if gen.finish_reason == "length" else ScoreStatus.MALFORMED
+            call.values = [None] * call.spec.k
+            call.status = [bad] * call.spec.k
+            call.error = f"constrained_mismatch: {exc} (finish_reason={gen.finish_reason})"
+            return
+        if len(values) != call.spec.k:
+            call.values, call.status = [None] * call.spec.k, [ScoreStatus.MALFORMED] * call.spec.k
+            call.error = f"constrained_mismatch: {len(values)} scores for {call.spec.k} items"
+            return
+        call.values = values
+        call.status = [ScoreStatus.OK] * call.spec.k
 
     # ---- expected scores ----------------------------------------------------------------------
 
@@ -239,6 +303,19 @@ class RubricJudge:
             return
         mass = dist.mass
         call.mass[j] = mass
+        if call.unresolved is None:
+            call.unresolved = [None] * call.spec.k
+        call.unresolved[j] = dist.unresolved
+        share = dist.unresolved_share
+        if share > self.settings.max_unresolved_share:
+            # A chat answer's top-k only shows the sampled path: after "7", the mass on "1" (-> 1
+            # or 10) is unobservable; leaving it out would bias the score, so the item fails.
+            call.status[j], call.values[j] = ScoreStatus.MISSING, None
+            call.error = call.error or (
+                f"unresolved_mass: {dist.unresolved:.4f} of the probability ({share:.0%} of the score mass) could not be "
+                f"resolved for item {call.items[j] + 1} (max_unresolved_share={self.settings.max_unresolved_share})"
+            )
+            return
         value = dist.expected(call.choices[j].values)
         if value is None or mass < self.settings.min_score_mass or not math.isfinite(value):
             call.status[j], call.values[j] = ScoreStatus.MISSING, None
@@ -331,6 +408,7 @@ class RubricJudge:
         values: list[float | None] = [None] * k
         status = [ScoreStatus.MISSING] * k
         mass: list[float | None] | None = None
+        unresolved: list[float | None] | None = None
         for c in calls:
             for j, item in enumerate(c.items):
                 values[item] = c.values[j]
@@ -338,6 +416,9 @@ class RubricJudge:
                 if c.mass is not None:
                     mass = mass or [None] * k
                     mass[item] = c.mass[j]
+                if c.unresolved is not None:
+                    unresolved = unresolved or [None] * k
+                    unresolved[item] = c.unresolved[j]
         ok = all(st == ScoreStatus.OK for st in status)
         reward = math.fsum(values) / rubric.max_total if ok else None  # type: ignore[arg-type]
         error = None
@@ -360,6 +441,7 @@ class RubricJudge:
             rationale=rationale,
             error=error,
             score_mass=None if mass is None else tuple(mass),
+            unresolved_mass=None if unresolved is None else tuple(unresolved),
             rubric_hash=rubric.content_hash,
         )
 

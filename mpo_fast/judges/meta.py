@@ -14,7 +14,6 @@ current rubric stays in place (`changed` is False).
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import statistics
@@ -26,6 +25,7 @@ from ..rubrics import ProposalLimits, Rubric, merge_rubrics, normalise_proposal
 from .constrained import rubric_items_schema
 from .llm import LLM
 from .meta_prompts import analyze_messages, refine_messages
+from .schema_check import ReplyMismatch, check_json
 
 log = logging.getLogger("mpo_fast")
 _LOG_TEXT_CHARS = 500
@@ -161,14 +161,14 @@ class MetaJudge:
 
     def parse_proposal(self, text: str, rubric: Rubric) -> Rubric:
         """The rubric in an MRM answer, cleaned and bounded; raises ValueError when unusable."""
+        # Validated against the very schema the refine call was sent (also when the server could
+        # not enforce it): duplicate keys, extra fields, out-of-range points are rejected here.
+        # check_json parses with strict=False: grammars let raw control characters into strings;
+        # normalise_proposal collapses that whitespace anyway.
         try:
-            # strict=False: grammars (xgrammar, llama.cpp) let raw control characters into strings;
-            # normalise_proposal collapses that whitespace anyway.
-            data = json.loads(text, strict=False)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"not JSON ({exc})") from None
-        if not isinstance(data, dict) or not isinstance(data.get("items"), list):
-            raise ValueError('expected an object with an "items" list')
+            data = check_json(text, self._rubric_constraint().json_schema)
+        except ReplyMismatch as exc:
+            raise ValueError(f"not the JSON asked for ({exc})") from None
         return normalise_proposal(data["items"], task=rubric.task, context=rubric.context, limits=self.settings.limits)
 
     async def evolve(self, rubric: Rubric, samples: Sequence[MetaSample], step: int) -> Evolution:

@@ -14,7 +14,7 @@ import logging
 from typing import Any, Sequence
 
 from ..http_client import BadResponse, EndpointClient, EndpointConfig, EndpointError
-from .constrained import Constraint, preferred_form, request_fields
+from .constrained import FLAVOURS, Constraint, preferred_form, request_fields
 from .expected import ChoiceDistribution, ScoreChoices, walk_top_logprobs
 from .llm import Conversation, Generation, TokenLogprobs, check_choice_rows, cut_at_stop, per_row_constraints
 
@@ -100,6 +100,7 @@ class OpenAICompatibleLLM:
         self.client = client or EndpointClient(endpoint, transport=transport)
         self.model_id = f"{endpoint.model}@{endpoint.base_url}"
         self._flavour = None if endpoint.structured_output == "auto" else endpoint.structured_output
+        self._probe_error: str | None = None
         if self._flavour is not None:
             preferred_form(self._flavour)  # validates the name early
         self._renderer = ChatRenderer(endpoint.chat_template) if endpoint.chat_template else None
@@ -118,24 +119,39 @@ class OpenAICompatibleLLM:
     # ---- capabilities ----------------------------------------------------------------------
 
     async def prepare(self) -> None:
-        """Resolve structured_output='auto' by asking GET /models who serves the model (once)."""
-        if self._flavour is not None:
+        """Resolve structured_output='auto' by asking GET /models who serves the model (once).
+
+        A failed probe never falls back to a guess (a wrong guess sends a field the server
+        ignores, and free text comes back): the flavour stays unresolved and constrained scoring
+        fails with an error naming the setting; parse and expected modes need no flavour.
+        """
+        if self._flavour is not None or self._probe_error is not None:
             return
-        flavour = "openai"
         try:
             listing = await self.client.get("models")
-            owners = {str(m.get("owned_by", "")).lower() for m in listing.get("data", []) if isinstance(m, dict)}
-            for owner in sorted(owners):
-                if owner in _OWNERS:
-                    flavour = _OWNERS[owner]
-                    break
-        except Exception as exc:  # noqa: BLE001 - a probe failure only means "assume OpenAI's format"
-            log.warning("mpo_fast judge: GET %s/models failed (%s); assuming OpenAI-style json_schema output", self.endpoint.base_url, exc)
+            if not isinstance(listing, dict) or not isinstance(listing.get("data"), list):
+                raise ValueError(f"GET /models answered {str(listing)[:120]!r}, not an OpenAI model listing")
+        except Exception as exc:  # noqa: BLE001 - any probe failure is reported through `flavour`
+            self._probe_error = f"{type(exc).__name__}: {exc}"
+            log.warning("mpo_fast judge: GET %s/models failed (%s); structured output unknown", self.endpoint.base_url, self._probe_error)
+            return
+        owners = {str(m.get("owned_by", "")).lower() for m in listing["data"] if isinstance(m, dict)}
+        flavour = "openai"  # a listing from none of the known engines: a hosted OpenAI-style API
+        for owner in sorted(owners):
+            if owner in _OWNERS:
+                flavour = _OWNERS[owner]
+                break
         self._flavour = flavour
         log.info("mpo_fast judge: %s serves structured output as %r", self.endpoint.base_url, flavour)
 
     @property
     def flavour(self) -> str:
+        if self._probe_error is not None:
+            raise ValueError(
+                f"structured_output='auto' could not be resolved: GET {self.endpoint.base_url}/models failed "
+                f"({self._probe_error}). Set EndpointConfig.structured_output (judge endpoint config key "
+                f"`structured_output`) to one of {FLAVOURS} for this server"
+            )
         if self._flavour is None:
             raise RuntimeError("call `await llm.prepare()` first: structured_output='auto' is resolved by a GET /models probe")
         return self._flavour
@@ -187,6 +203,8 @@ class OpenAICompatibleLLM:
             )
         except EndpointError as exc:
             return Generation(text="", finish_reason="error", error=f"http:{exc.kind}: {exc}", calls=exc.attempts)
+        except Exception as exc:  # noqa: BLE001 - one bad call fails its item, never the whole batch
+            return Generation(text="", finish_reason="error", error=f"http:unexpected: {type(exc).__name__}: {exc}", calls=1)
         # Servers drop the stop string; some keep it (and text after it) in edge cases.
         text, _ = cut_at_stop(text, stop)
         return Generation(text=text, finish_reason=finish, completion_tokens=done_tokens, prompt_tokens=prompt_tokens,
@@ -239,6 +257,8 @@ class OpenAICompatibleLLM:
                 dist, pending = walk_top_logprobs(choices, root, expand)
         except EndpointError as exc:
             return ChoiceDistribution(probs=[0.0] * len(choices.texts), calls=calls + exc.attempts, error=f"http:{exc.kind}: {exc}")
+        except Exception as exc:  # noqa: BLE001 - one bad call fails its item, never the whole batch
+            return ChoiceDistribution(probs=[0.0] * len(choices.texts), calls=calls + 1, error=f"http:unexpected: {type(exc).__name__}: {exc}")
         dist.calls = calls
         return dist
 

@@ -2,12 +2,12 @@
 exact score format the parser will read (from the ScoreSpec, so prompt and parser never disagree).
 
 Every batch gets a fresh nonce. The fences around the policy's text always carry it
-(`<response-3f9a1c>`), so the response cannot close its fence. The score names carry it
-(`<score-3f9a1c>`) wherever the score is *found in free text* (parse mode, or expected scores read
-from a chat answer's logprobs), so a forged tag quoted from the response is never read. Where the
-score position is fixed by us (expected mode with a prefilled tag, constrained decoding whose
-grammar allows no '<' in the rationale) the names stay plain: measured on SmolLM2-135M, the
-probability mass on the allowed scores after `<score>` is 41-68%, after `<score-ab12>` 2-4%.
+(`<response-3f9a1c>`), so the response cannot close its fence, and so do the score names
+(`<score-3f9a1c>`) in every mode: in free text (parse mode, expected scores read from a chat
+answer's logprobs) a forged tag quoted from the response is never read; in constrained mode a
+server that ignores the grammar answers in free text; and at the tag we prefill in expected mode a
+judge that copies what followed the same tag earlier in its context (small models do) would
+otherwise read the policy's forged `<score>10` (tests/judges/test_parroting_judge.py).
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from .types import JudgeRequest
 
 # Bumped whenever the wording changes: part of the judge id, so cached judgements made with an
 # older prompt are never reused.
-PROMPT_VERSION = 1
+PROMPT_VERSION = 2  # 2: nonce'd score names in constrained and prefilled expected modes
 
 _SYSTEM = (
     "You are a strict, fair grader. You score a response against a rubric, one criterion at a time, "
@@ -112,7 +112,7 @@ def rm_messages(
 def score_spec(rubric: Rubric, items: tuple[int, ...], nonce: str | None, *, form: ScoreForm = ScoreForm("tag")) -> ScoreSpec:
     """The ScoreSpec a call scoring `items` reads back: integer scores in [0, max_points] per item.
 
-    nonce: appended to the score names (None: plain names; see the module docstring for when).
+    nonce: appended to the score names (the judge passes one in every mode; None gives plain names).
     Fractions are scaled to the item's range ("8/10" on a 0-5 item reads as 4): real judges write
     them, and reading them beats masking the judgement.
     One item: the name "score"; several: "item1", "item2", ... (each read from its own name, so

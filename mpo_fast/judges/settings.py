@@ -19,7 +19,19 @@ class JudgeSettings:
         300-token cap for rationale plus score).
     rationale_tokens: expected mode's budget for the justification before the score is read.
     min_score_mass: expected mode: if the judge puts less probability than this on all allowed
-        scores together, it was not about to write a score: the item fails (MISSING).
+        scores together, it was not about to write a score: the item fails (MISSING). 0.05:
+        0.01 accepted a score built from 1% of the probability. Measured on the embedded
+        SmolLM2-135M, nonce'd prefilled tags, all_items (the first item is always the least sure):
+        demo settings (3-item demo rubric, 16 rationale tokens, 8 essays): min 0.105, p10 0.119,
+        median 0.890, so the demo passes with 2x margin; 3 items / 48 rationale tokens: min 0.061;
+        the 6-item essay rubric with 60 rationale tokens (`--op judge_modes --quick`): min 0.013,
+        3 of 4 judgements fail: a 135M judge is not sure of a score there, and the run now says so.
+        Not yet measured on a served 7B.
+    max_unresolved_share: chat-logprob expected mode: a server's top-k shows only the sampled
+        path, so after a sampled "7" the mass on "1" (which may become 1 or 10) cannot be
+        resolved. Left out, it biases the score by up to share x the item's range; above this
+        share of (resolved + unresolved) mass the item fails (MISSING, error "unresolved_mass").
+        0.05: at most 0.5 points on a 0-10 item.
     parse_retries: extra attempts for items whose text did not parse (parse mode), sampled at
         `retry_temperature` so the retry can differ from a greedy first answer.
     """
@@ -31,7 +43,8 @@ class JudgeSettings:
     min_rationale_chars: int = 1
     max_rationale_chars: int = 600
     rationale_tokens: int = 192
-    min_score_mass: float = 0.01
+    min_score_mass: float = 0.05
+    max_unresolved_share: float = 0.05
     parse_retries: int = 1
     retry_temperature: float = 0.7
 
@@ -52,6 +65,8 @@ class JudgeSettings:
             raise ValueError("JudgeSettings needs max_new_tokens >= 1, rationale_tokens >= 1, parse_retries >= 0")
         if not 0.0 <= self.min_score_mass < 1.0:
             raise ValueError(f"JudgeSettings.min_score_mass={self.min_score_mass}; expected a probability in [0, 1)")
+        if not 0.0 <= self.max_unresolved_share <= 1.0:
+            raise ValueError(f"JudgeSettings.max_unresolved_share={self.max_unresolved_share}; expected a share in [0, 1]")
 
     @property
     def mode_name(self) -> str:

@@ -6,8 +6,10 @@ the trainer masks it out of the group statistics and the loss.
 from __future__ import annotations
 
 import enum
+import math
+from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 from ..parsing import ScoreStatus
 from ..rubrics import Rubric
@@ -71,6 +73,8 @@ class Judgement:
     rationale: the judge's text (per-item texts joined), for logs and the meta-judge.
     error: why it failed (None when ok).
     score_mass: per item, the probability the judge put on the allowed scores (expected mode).
+    unresolved_mass: per item, probability that reached a number the server's top-k could not
+        follow (chat-logprob expected mode); 0 where every path was observed.
     rubric_hash: content hash of the rubric that scored it.
     cached: served from the judgement cache.
     """
@@ -87,6 +91,7 @@ class Judgement:
     score_mass: tuple[float | None, ...] | None = None
     rubric_hash: str = ""
     cached: bool = False
+    unresolved_mass: tuple[float | None, ...] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -100,12 +105,14 @@ class Judgement:
             "rationale": self.rationale,
             "error": self.error,
             "score_mass": None if self.score_mass is None else list(self.score_mass),
+            "unresolved_mass": None if self.unresolved_mass is None else list(self.unresolved_mass),
             "rubric_hash": self.rubric_hash,
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], *, cached: bool = False) -> "Judgement":
         mass = data.get("score_mass")
+        unresolved = data.get("unresolved_mass")
         return cls(
             item_scores=tuple(None if v is None else float(v) for v in data["item_scores"]),
             item_status=tuple(ScoreStatus(int(s)) for s in data["item_status"]),
@@ -119,7 +126,42 @@ class Judgement:
             score_mass=None if mass is None else tuple(None if m is None else float(m) for m in mass),
             rubric_hash=str(data.get("rubric_hash", "")),
             cached=cached,
+            unresolved_mass=None if unresolved is None else tuple(None if m is None else float(m) for m in unresolved),
         )
+
+
+def failure_cause(j: Judgement) -> str:
+    """The kind of a failed judgement's error ("http", "parse", "low_score_mass", ...)."""
+    return (j.error or "failed").split(":", 1)[0]
+
+
+def _quantiles(values: list[float]) -> dict[str, float | None]:
+    if not values:
+        return {"min": None, "p10": None, "p50": None, "max": None}
+    v = sorted(values)
+    return {"min": v[0], "p10": v[int(0.1 * (len(v) - 1))], "p50": v[int(0.5 * (len(v) - 1))], "max": v[-1]}
+
+
+def judgement_metrics(judgements: Sequence[Judgement]) -> dict[str, Any]:
+    """Per-batch judge metrics for a run's metrics.jsonl: failures by cause, and the distribution
+    of score mass (expected mode: how sure the judge was it was writing a score) and of
+    unresolved mass (chat logprobs) over the items of fresh judgements."""
+    fresh = [j for j in judgements if not j.cached]
+    causes: dict[str, int] = {}
+    for j in judgements:
+        if not j.ok:
+            cause = failure_cause(j)
+            if cause == "http":  # "http:timeout: ...": the transport kind is the useful cause
+                cause = ":".join((j.error or "").split(":", 2)[:2])
+            causes[cause] = causes.get(cause, 0) + 1
+    mass = [m for j in fresh for m in (j.score_mass or ()) if m is not None and math.isfinite(m)]
+    unresolved = [u for j in fresh for u in (j.unresolved_mass or ()) if u is not None and math.isfinite(u)]
+    out: dict[str, Any] = {"judge_errors": causes}
+    if mass:
+        out.update({f"judge_score_mass_{k}": v for k, v in _quantiles(mass).items()})
+    if unresolved:
+        out["judge_unresolved_mass_max"] = max(unresolved)
+    return out
 
 
 @dataclass
@@ -134,6 +176,8 @@ class JudgeStats:
     item_status: dict[str, int] = field(default_factory=lambda: {s.name: 0 for s in ScoreStatus})
     errors: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
+    # Score mass per item of fresh expected-mode judgements, the last 10,000 (a long run stays bounded).
+    score_mass: deque = field(default_factory=lambda: deque(maxlen=10_000))
 
     @property
     def failure_rate(self) -> float:
@@ -147,8 +191,10 @@ class JudgeStats:
             self.cache_hits += int(j.cached)
             if not j.ok:
                 self.failed += 1
-                kind = (j.error or "failed").split(":", 1)[0]
+                kind = failure_cause(j)
                 self.errors[kind] = self.errors.get(kind, 0) + 1
+            if not j.cached and j.score_mass is not None:
+                self.score_mass.extend(m for m in j.score_mass if m is not None and math.isfinite(m))
             for status in j.item_status:
                 self.item_status[status.name] += 1
 
@@ -162,4 +208,5 @@ class JudgeStats:
             "item_status": dict(self.item_status),
             "errors": dict(self.errors),
             "judgements_per_s": self.judgements / self.seconds if self.seconds > 0 else 0.0,
+            "score_mass": _quantiles(self.score_mass),
         }

@@ -87,7 +87,7 @@ def check_inputs(config: MPOConfig):
 def _rm_settings(j: JudgeSettings) -> RMSettings:
     return RMSettings(scoring=j.scoring, call_mode=j.call_mode, temperature=j.temperature,
                       rationale_tokens=j.max_rationale_tokens, max_new_tokens=max(j.max_rationale_tokens * 2, 64),
-                      max_rationale_chars=max(j.max_rationale_tokens * 4, 1))
+                      max_rationale_chars=max(j.max_rationale_tokens * 4, 1), min_score_mass=j.min_score_mass)
 
 
 def _endpoint(base_url: str, model: str, api_key_env: str, concurrency: int, timeout_s: float, retries: int) -> EndpointConfig:

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from ..judges.settings import JudgeSettings as _RMSettings
+
 
 class ConfigError(ValueError):
     """A config that cannot run; the message names the key and the fix."""
@@ -101,6 +103,9 @@ class JudgeSettings:
     scoring: str = "expected"  # parse | constrained | expected (see ../shared/SMALL_JUDGES.md)
     call_mode: str = "all_items"  # all_items | per_item
     max_rationale_tokens: int = 64
+    # expected mode: an item whose allowed scores get less probability than this fails (masked);
+    # the default and its measurement live in mpo_fast/judges/settings.py.
+    min_score_mass: float = _RMSettings.min_score_mass
     temperature: float = 0.0
     concurrency: int = 8
     timeout_s: float = 120.0
@@ -434,6 +439,8 @@ def validate(config: MPOConfig) -> None:
         raise ConfigError(f"train.learning_rate is {config.train.learning_rate!r}; it must be > 0, e.g. 1e-5")
     if not (0.0 <= config.task.rule_weight <= 1.0):
         raise ConfigError(f"task.rule_weight is {config.task.rule_weight!r}; it must be in [0, 1]")
+    if not (0.0 <= config.judge.min_score_mass < 1.0):
+        raise ConfigError(f"judge.min_score_mass is {config.judge.min_score_mass!r}; it must be a probability in [0, 1)")
     if not (0.0 < config.judge.max_failure_rate <= 1.0):
         raise ConfigError(
             f"judge.max_failure_rate is {config.judge.max_failure_rate!r}; it must be in (0, 1] (1 never stops)"

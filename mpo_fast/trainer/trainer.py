@@ -26,6 +26,7 @@ from typing import Any, Sequence
 
 import torch
 
+from ..judges.types import judgement_metrics
 from ..process_memory import peak_rss_mb
 from ..rollout import HFRollout, Rollout, RolloutBackend, SamplingParams
 from ..rubrics import Rubric, RubricStore, RubricVersion, load_rubric
@@ -517,6 +518,7 @@ class MPOTrainer:
             "judge_failure_rate": self.judge_failed / max(self.judged, 1),
             "judge_cache_hits": sum(1 for j in scored.judgements if j.cached),
             "judge_calls": sum(j.calls for j in scored.judgements),
+            **judgement_metrics(scored.judgements),  # failures by cause, score-mass distribution
             "degenerate_groups": int(adv.degenerate_groups),
             "response_length_mean": _mean(lengths),
             "response_length_max": max(lengths),

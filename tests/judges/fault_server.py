@@ -18,6 +18,7 @@ class Reply:
     headers: dict[str, str] = field(default_factory=dict)
     delay_s: float = 0.0
     hang: bool = False  # never answer (the client must time out)
+    trickle_s: float = 0.0  # > 0: send the body one byte per trickle_s seconds (each read is quick)
 
 
 def ok(body) -> Reply:
@@ -36,7 +37,7 @@ class FaultServer:
     """`script`: a list of Reply (consumed in order; the last one repeats) or a callable
     (path, json_body) -> Reply."""
 
-    def __init__(self, script: list[Reply] | Callable[[str, Any], Reply]):
+    def __init__(self, script: list[Reply] | Callable[[str, Any], Reply], port: int = 0):
         self.script = script
         self.requests: list[tuple[str, str, Any, dict[str, str]]] = []  # (method, path, json, headers)
         self.in_flight = 0
@@ -44,14 +45,14 @@ class FaultServer:
         self._n = 0
         self._server = None
         self._tasks: set[asyncio.Task] = set()
-        self.port = 0
+        self.port = port
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
 
     async def __aenter__(self) -> "FaultServer":
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port, reuse_address=True)
         self.port = self._server.sockets[0].getsockname()[1]
         return self
 
@@ -103,10 +104,16 @@ class FaultServer:
             else:
                 data = payload or b""
             extra = "".join(f"{k}: {v}\r\n" for k, v in reply.headers.items())
-            writer.write(
-                f"HTTP/1.1 {reply.status} X\r\nContent-Type: application/json\r\nContent-Length: {len(data)}\r\n"
-                f"Connection: close\r\n{extra}\r\n".encode() + data
-            )
+            head = (f"HTTP/1.1 {reply.status} X\r\nContent-Type: application/json\r\nContent-Length: {len(data)}\r\n"
+                    f"Connection: close\r\n{extra}\r\n").encode()
+            if reply.trickle_s > 0:
+                writer.write(head)
+                for n in range(len(data)):  # bounded: len(data) x trickle_s seconds at most
+                    writer.write(data[n:n + 1])
+                    await writer.drain()
+                    await asyncio.sleep(reply.trickle_s)
+            else:
+                writer.write(head + data)
             await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
             pass

@@ -71,6 +71,14 @@ def test_local_judge_modes(embedded, scoring):
     else:
         assert judge.stats.failure_rate == 0.0, [j.error for j in out]
         assert all(0.0 <= j.reward <= 1.0 for j in out)
+        for j in out:
+            assert j.reward == pytest.approx(sum(j.item_scores) / RUBRIC.max_total)
+            assert all(0 <= s <= it.max_points for s, it in zip(j.item_scores, RUBRIC.items))
+            if scoring == "constrained":
+                assert all(s == int(s) for s in j.item_scores)  # read from the validated grammar match
+            else:  # in process every path is observed; the mass clears the default threshold
+                assert all(m >= JudgeSettings().min_score_mass for m in j.score_mass), j.score_mass
+                assert all(u == 0.0 for u in j.unresolved_mass)
 
 
 @pytest.mark.skipif(not has_module("xgrammar"), reason="xgrammar not installed")

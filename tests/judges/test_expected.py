@@ -93,7 +93,11 @@ def test_chat_logprobs_path_expands_the_generated_number():
     toks[2] = TokenLogprobs("7", LN(0.3), {"1": LN(0.5), "7": LN(0.3)})
     toks[3] = TokenLogprobs("</score-n>", -0.1, {})
     dist = distribution_from_chat_logprobs(toks[:4], "<score-n>", ZERO_TO_TEN)
-    assert dist.unresolved == pytest.approx(0.5) and dist.expected(ZERO_TO_TEN.values) == pytest.approx(7.0)
+    # Reading 7.0 from the resolved part alone would be biased (the 0.5 on "1" may be 1 or 10):
+    # 0.5 of 0.8 is unresolved, so no expected value is given under any sane threshold.
+    assert dist.unresolved == pytest.approx(0.5) and dist.unresolved_share == pytest.approx(0.5 / 0.8)
+    assert dist.expected(ZERO_TO_TEN.values, max_unresolved_share=0.05) is None
+    assert dist.expected(ZERO_TO_TEN.values, max_unresolved_share=0.5) is None
     # A token spanning the tag's end (">7") is split at the boundary.
     merged = [TokenLogprobs("ok <score-n", -0.1, {}), TokenLogprobs(">7", LN(0.3), {">7": LN(0.3), ">2": LN(0.6), "x": LN(0.1)})]
     dist = distribution_from_chat_logprobs(merged, "<score-n>", ZERO_TO_TEN)

@@ -161,7 +161,7 @@ def test_expected_mode_uses_probabilities_and_masks_low_mass():
             probs[1], probs[-1] = 0.3, 0.1
         return ChoiceDistribution(probs=probs, calls=1)
 
-    llm = ScriptedLLM(respond=lambda m, c: "Solid argument. <item1>5</item1>", dist=dist)
+    llm = ScriptedLLM(respond=lambda m, c: "Solid argument. <{0}>5</{0}>".format(score_names(m)[0]), dist=dist)
     judge = RubricJudge(llm, JudgeSettings(scoring="expected", min_score_mass=0.01))
     out = _run(judge, _requests(2))
     want = [(0.3 * 1 + 0.1 * m) / 0.4 for m in (5, 10, 5)]
@@ -171,12 +171,14 @@ def test_expected_mode_uses_probabilities_and_masks_low_mass():
     assert not out[1].ok and out[1].error.startswith("low_score_mass")
     # The rationale stops at the first score tag; each item is prefilled after the previous argmax.
     prefills = [c["prefill"] for kind, m, c in llm.log if kind == "score" and "(0)" in response_of(m)]
-    assert prefills[0] == "Solid argument.\n\nScores:\n<item1>"
+    n = score_names(llm.log[0][1])[0].split("-", 1)[1]  # the batch's nonce, in the prefilled tags too
+    assert prefills[0] == f"Solid argument.\n\nScores:\n<item1-{n}>"
     later = [p for p in prefills if "item3" in p][0]
-    assert later == "Solid argument.\n\nScores:\n<item1>1</item1>\n<item2>1</item2>\n<item3>"  # argmax of items 1, 2: value 1
+    # argmax of items 1, 2: value 1
+    assert later == f"Solid argument.\n\nScores:\n<item1-{n}>1</item1-{n}>\n<item2-{n}>1</item2-{n}>\n<item3-{n}>"
 
 
-def test_score_names_carry_the_nonce_only_where_scores_are_found_in_free_text():
+def test_score_names_carry_the_nonce_in_every_mode():
     def names(scoring, **llm_kw):
         llm = ScriptedLLM(respond=lambda m, c: "x", **llm_kw)
         _run(RubricJudge(llm, JudgeSettings(scoring=scoring, parse_retries=0)), _requests(1))
@@ -186,8 +188,10 @@ def test_score_names_carry_the_nonce_only_where_scores_are_found_in_free_text():
 
     parse_names, fence = names("parse")
     assert all(n.endswith("-" + fence) for n in parse_names)  # free text: nonce'd
-    assert names("expected")[0] == ["item1", "item2", "item3"]  # prefilled position: plain
-    assert names("constrained")[0] == ["item1", "item2", "item3"]  # grammar: no '<' before the tags
+    exp_names, fence = names("expected")
+    assert all(n.endswith("-" + fence) for n in exp_names)  # prefilled: nonce'd (a parrot copies a forged tag)
+    con_names, fence = names("constrained")
+    assert all(n.endswith("-" + fence) for n in con_names)  # a server may ignore the grammar: nonce'd
     chat_names, fence = names("expected", can_score_prefill=False, can_chat_logprobs=True)
     assert all(n.endswith("-" + fence) for n in chat_names)  # read from a free chat answer: nonce'd
 
@@ -201,7 +205,7 @@ def test_constrained_mode_passes_a_grammar_and_reads_json_when_the_server_wants_
     llm = ScriptedLLM(respond=respond, constraint_form="json_schema")
     out = _run(RubricJudge(llm, JudgeSettings(scoring="constrained")), _requests(1))
     assert out[0].ok and out[0].item_scores == (2.0, 2.0, 2.0)
-    assert '"item1": N' in llm.log[0][1][-1]["content"]  # the prompt shows the JSON shape
+    assert re.search(r'"item1-\w+": N', llm.log[0][1][-1]["content"])  # the prompt shows the JSON shape, nonce'd
     llm = ScriptedLLM(constraint_form=None)
     with pytest.raises(ValueError, match="cannot constrain"):
         _run(RubricJudge(llm, JudgeSettings(scoring="constrained")), _requests(1))
@@ -226,8 +230,13 @@ def test_tiny_model_every_mode(call_mode):
     common = dict(call_mode=call_mode, max_new_tokens=16, max_rationale_chars=16, rationale_tokens=8, temperature=0.8)
     results = {}
     for scoring in ("parse", "constrained", "expected"):
-        judge = LocalJudge(model, tok, JudgeSettings(scoring=scoring, **common))
+        # min_score_mass=0 for expected: a random model puts ~1.5% on the allowed scores, which the
+        # default (0.05) rightly rejects (checked below); the mechanics are what is tested here.
+        extra = {"min_score_mass": 0.0} if scoring == "expected" else {}
+        judge = LocalJudge(model, tok, JudgeSettings(scoring=scoring, **common, **extra))
         results[scoring] = (_run(judge, reqs), judge.stats)
+    default = LocalJudge(model, tok, JudgeSettings(scoring="expected", **common))
+    assert all(not j.ok and j.error.startswith("low_score_mass") for j in _run(default, reqs))
     out, stats = results["constrained"]
     assert stats.failure_rate == 0.0 and all(j.ok and 0 <= j.reward <= 1 for j in out)
     out, stats = results["expected"]

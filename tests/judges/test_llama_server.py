@@ -130,6 +130,10 @@ def test_expected_scores_through_chat_logprobs(server):
     # logprobs, when it does not the judgement is masked with the reason, never scored 0.
     for j in asyncio.run(main()):
         assert (j.ok and all(0 <= s <= 5 for s in j.item_scores)) or (j.reward is None and j.error)
+        if j.ok:  # a score read from chat logprobs leaves at most 5% of its mass unresolved
+            assert all(u <= 0.05 * (m + u) + 1e-12 for m, u in zip(j.score_mass, j.unresolved_mass))
+        else:
+            assert j.error.split(":", 1)[0] in ("expected", "low_score_mass", "unresolved_mass"), j.error
 
 
 def test_meta_judge_through_the_server(server):

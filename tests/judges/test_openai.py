@@ -170,7 +170,7 @@ def test_structured_output_flavour_is_detected_and_sent():
             await judge.aclose()
             assert out[0].ok
             sent = srv.requests[-1][2]
-            assert "regex" in sent["structured_outputs"] and "<item1>" in sent["structured_outputs"]["regex"]
+            assert "regex" in sent["structured_outputs"] and "<item1-" in sent["structured_outputs"]["regex"]
 
     asyncio.run(main())
 

@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from ...judges.types import judgement_metrics
 from ...ops.advantages import group_advantages
 from ...rollout import HFRollout
 from ...rubrics import Rubric
@@ -348,6 +349,7 @@ class TrainerStages:
             "staleness": batch.step - batch.behaviour_version, "response_length_mean": sum(lengths) / len(lengths),
             "eos_fraction": sum(s.rollout.finished for s in batch.samples) / len(batch.samples),
             "wall_s": time.perf_counter() - self._t0, "pipeline": self.settings.mode, "signals": list(self._signals),
+            **_judge_metrics(batch),
             **metrics,
         }
 
@@ -364,6 +366,17 @@ class TrainerStages:
                 "staleness": batch.step - s.policy_version, "finished": s.rollout.finished,
                 "length": len(s.rollout.completion_ids),
             })
+
+
+def _judge_metrics(batch: ScoredBatch) -> dict:
+    """judge_errors by cause and the score-mass distribution, as the serial trainer logs them; a
+    sample the pipeline gave up on (no judgement) counts under its own cause."""
+    out = judgement_metrics([s.judgement for s in batch.samples if s.judgement is not None])
+    for s in batch.samples:
+        if s.judgement is None:
+            cause = (s.judge_error or "failed").split(":", 1)[0]
+            out["judge_errors"][cause] = out["judge_errors"].get(cause, 0) + 1
+    return out
 
 
 def probe_endpoint(role: str, endpoint, timeout_s: float = 10.0) -> None:
