@@ -472,7 +472,7 @@ class MPOTrainer:
             return None
         current = self.rubric_version
         with self._judging():
-            result = self._run_async(self.meta_judge.evolve(current.rubric, samples, step))
+            result = self._run_async(stages.call_evolve(self.meta_judge, current.rubric, samples, step, self.initial_rubric))
         self.last_evolve_step = step
         self.meta_buffer.clear()
         self._last_evolution = result
@@ -543,6 +543,9 @@ class MPOTrainer:
             "meta_calls": getattr(result, "calls", None),
             "meta_failures": len(getattr(result, "failures", ()) or ()),
             "meta_proposals": len(getattr(result, "proposals", ()) or ()),
+            # quality-gate refusals (rubrics/gates.py), each {gate, item, reason, action}
+            "meta_rejections": len([r for r in getattr(result, "rejections", ()) or () if r.action != "flagged"]),
+            "meta_gate_notes": [r.to_dict() for r in getattr(result, "rejections", ()) or ()],
         }
 
     # -- summary ----------------------------------------------------------------------------

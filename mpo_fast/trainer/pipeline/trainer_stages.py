@@ -319,14 +319,16 @@ class TrainerStages:
         metas = self._meta_samples(samples)
         if not metas or self.trainer.meta_judge is None:
             return None
-        return self._store(current, self.trainer.meta_judge.evolve(current.rubric, metas, step + 1), step + 1)
+        return self._store(current, trainer_stages.call_evolve(self.trainer.meta_judge, current.rubric, metas, step + 1,
+                                                              self.trainer.initial_rubric), step + 1)
 
     async def _evolve_async(self, current, samples: list[ScoredSample], step: int):
         self.trainer.last_evolve_step = step + 1
         metas = self._meta_samples(samples)
         if not metas or self.trainer.meta_judge is None:
             return None
-        return self._store(current, await self.trainer.meta_judge.evolve(current.rubric, metas, step + 1), step + 1)
+        return self._store(current, await trainer_stages.call_evolve(self.trainer.meta_judge, current.rubric, metas, step + 1,
+                                                                self.trainer.initial_rubric), step + 1)
 
     async def aclose_judge(self) -> None:
         """Close the judge's and meta-judge's HTTP clients on the loop that opened them."""
