@@ -24,7 +24,17 @@ def test_demo_config_runs_end_to_end(tmp_path, capsys):
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2]
     assert rows[0]["meta_calls"] is not None  # the MPO step ran after step 1 (not after the last)
-    assert rows[1]["rubric_version"] == (rows[0]["rubric_evolved"] or 1)
+    # The MPO step must change the rubric (no `or 1` escape) ...
+    assert rows[0]["rubric_evolved"] == 2 and rows[1]["rubric_version"] == 2, rows[0].get("meta_gate_notes")
+    # ... and no installed version may lose every criterion of the initial rubric ("The One Ring").
+    from mpo_fast.rubrics import RubricStore
+    from mpo_fast.rubrics.gates import match_items
+
+    versions = RubricStore(out / "rubrics").versions()
+    initial = versions[0].rubric
+    assert len(versions) >= 2 and versions[-1].rubric.content_hash != initial.content_hash
+    for v in versions[1:]:
+        assert match_items(initial.items, v.rubric.items), f"rubric v{v.version} kept no initial criterion"
     samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
     assert len(samples) == 4 and all(s["judge_mode"] == "expected/all_items" for s in samples)
     # expected mode on a 135M judge: scores never fail to parse (free text fails 8 of 8)

@@ -239,7 +239,8 @@ class MetaJudge:
         if not analysed:
             return self._finish(result, start)
         constraint = self._rubric_constraint() if self.llm.constraint_form is not None else None
-        refine = [refine_messages(rubric, a, s.limits, max_description_chars=s.max_description_chars) for _, a in analysed]
+        refine = [with_reference(refine_messages(rubric, a, s.limits, max_description_chars=s.max_description_chars),
+                                 getattr(samples[i], "reference", None)) for i, a in analysed]
         gens = await self.llm.generate(
             refine, max_tokens=constraint.max_tokens if constraint else 2048, temperature=s.temperature,
             constraints=[constraint] * len(refine) if constraint else None,

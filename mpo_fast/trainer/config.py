@@ -144,7 +144,10 @@ class TrainSettings:
     clip_low: float = 0.2
     clip_high: float = 0.2
     kl_coef: float = 0.02  # KL to the reference model; 0 skips the reference pass entirely
-    kl_estimator: str = "k3"  # k1 | k2 | k3
+    kl_estimator: str = "k3"  # k1 | k2 | k3 (the loss term's estimator; kl_in=reward always uses k1 per token)
+    # loss: a KL term in the policy loss (k2/k3: k1 has zero expected gradient on-policy);
+    # reward: k1 per token subtracted from the reward before advantages, as the reference's PPO does.
+    kl_in: str = "loss"
     loss_aggregation: str = "token_mean"  # token_mean | seq_mean_token_mean | seq_mean_token_sum
     advantage_mode: str = "grpo"  # grpo | dr_grpo | rloo
     advantage_eps: float = 1e-6
@@ -389,6 +392,7 @@ _CHOICES = {
     "meta.backend": ("judge", "local", "openai"),
     "train.lr_scheduler": ("cosine", "linear", "constant"),
     "train.kl_estimator": ("k1", "k2", "k3"),
+    "train.kl_in": ("loss", "reward"),
     "train.loss_aggregation": ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum"),
     "train.advantage_mode": ("grpo", "dr_grpo", "rloo"),
 }
@@ -467,6 +471,19 @@ def validate(config: MPOConfig) -> None:
         )
     if config.meta.backend == "openai" and not config.meta.base_url:
         raise ConfigError("meta.backend is 'openai' but meta.base_url is not set; set it, or use meta.backend=judge")
+    t = config.train
+    if t.kl_coef > 0 and t.kl_in == "loss" and t.kl_estimator == "k1":
+        raise ConfigError(
+            "train.kl_estimator is 'k1' with train.kl_in 'loss': as a loss term k1 = log(pi/pi_ref) has zero expected "
+            "gradient on-policy (its gradient is the score function, whose mean is 0), so it does not hold the policy "
+            "near the reference. Use kl_estimator: k3 (or k2) in the loss, or kl_in: reward to subtract k1 per token "
+            "from the reward as the reference's PPO does"
+        )
+    if t.kl_coef > 0 and t.kl_in == "reward" and config.pipeline.mode != "serial":
+        raise ConfigError(
+            f"train.kl_in is 'reward' but pipeline.mode is {config.pipeline.mode!r}: KL in the reward runs on the serial "
+            "schedule only for now; use pipeline.mode: serial, or kl_in: loss with kl_estimator: k3"
+        )
     _validate_rollout_and_pipeline(config)
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import dataclasses
 import inspect
 import logging
 import shutil
@@ -34,6 +35,7 @@ from . import stages
 from .batch import build_train_batch
 from .config import MPOConfig
 from .data import PromptSampler, as_examples
+from .kl_reward import kl_penalised_rewards, sequence_k1
 from .logprobs import PolicyLogprobs, adapters_disabled, causal_lm_of, is_peft_model
 from .run_log import Progress, RunLog, read_jsonl
 from .update import PolicyUpdater, UpdateResult, advance_schedule
@@ -371,8 +373,15 @@ class MPOTrainer:
         judge_s = time.perf_counter() - t0
         self._count_failures(step, scored)
 
-        # advantages
-        adv = stages.advantages(scored, group_size=group, mode=args.train.advantage_mode, eps=args.train.advantage_eps)
+        # advantages (with KL in the reward, where configured: r - kl_coef * sum_t k1_t)
+        adv_input, kl_seq = scored, None
+        if args.train.kl_in == "reward" and args.train.kl_coef > 0:
+            kl_seq = sequence_k1(self.logprobs, build_train_batch(rollouts, torch.zeros(len(rollouts)),
+                                                                  pad_token_id=self.tokenizer.pad_token_id),
+                                 micro_batch_size=args.train.micro_batch_size, device=self.device)
+            adv_input = dataclasses.replace(scored, rewards=kl_penalised_rewards(scored.rewards, scored.valid, kl_seq,
+                                                                                 args.train.kl_coef))
+        adv = stages.advantages(adv_input, group_size=group, mode=args.train.advantage_mode, eps=args.train.advantage_eps)
 
         # update: failed judgements are out of the batch (and so out of the loss mask)
         t0 = time.perf_counter()
@@ -400,10 +409,13 @@ class MPOTrainer:
         evolve_s = time.perf_counter() - t0
 
         step_s = time.perf_counter() - t_start
-        return self._metrics_row(
+        row = self._metrics_row(
             step, rubric_version, rollouts, scored, adv, update, signals, evolved,
             dict(generate_s=generate_s, judge_s=judge_s, update_s=update_s, evolve_s=evolve_s, step_seconds=step_s),
         )
+        if kl_seq is not None:  # per-sequence sum of k1 over the valid samples (what the reward lost / kl_coef)
+            row["kl_reward_mean"] = _mean([float(k) for k, v in zip(kl_seq.tolist(), scored.valid.tolist()) if v])
+        return row
 
     # -- stage helpers ----------------------------------------------------------------------
 

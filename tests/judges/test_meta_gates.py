@@ -185,5 +185,6 @@ def test_the_mrm_sees_the_reference_answer():
     samples = [MetaSample(prompt="What is 2+2?", response="5", item_scores=(1.0, 1.0, 1.0), reward=0.3, reference="4")]
     _evolve(mrm, n=1, samples=samples)
     analyze = [m for kind, m, c in mrm.llm.log if c["constraint"] is None]
-    assert "<reference>\n4\n</reference>" in analyze[0][-1]["content"]
+    refine = [m for kind, m, c in mrm.llm.log if "# Audit of one graded sample" in m[-1]["content"]]
+    assert "<reference>\n4\n</reference>" in analyze[0][-1]["content"] and "<reference>\n4\n</reference>" in refine[0][-1]["content"]
     assert "<reference>\n4\n</reference>" in mrm.merge_prompts[0]
