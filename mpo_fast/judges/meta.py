@@ -29,9 +29,10 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 from ..rubrics import ProposalLimits, Rubric, merge_rubrics, normalise_proposal
-from ..rubrics.gates import GateRejection, GateSettings, changed_items, check_conservation
+from ..rubrics.gates import GateRejection, GateSettings, carry_over, changed_items, check_conservation
 from .constrained import rubric_items_schema
 from .llm import LLM, Message
+from .meta_edit import edit_constraint, edit_messages, read_edit
 from .meta_gates import check_discriminativeness, check_relevance
 from .meta_merge import canonicalise, merge_messages
 from .meta_prompts import analyze_messages, refine_messages
@@ -61,6 +62,8 @@ class MetaSettings:
     short_ratio / long_ratio: a response shorter than short_ratio x the median length (or longer
         than long_ratio x) is suspicious.
     mrm_merge: merge the proposals with an MRM call (else only rubrics.merge_rubrics).
+    refine: "rubric" (the MRM writes a whole rubric, as the paper) or "edit" (meta_edit.py: each
+        current item revised, at most max_new_items added; for small MRMs that cannot keep a rubric).
     gates: the rubric quality gates' thresholds (gates.enabled=False: none run).
     """
 
@@ -75,10 +78,15 @@ class MetaSettings:
     long_ratio: float = 2.0
     mrm_merge: bool = True
     gates: GateSettings = GateSettings()
+    refine: str = "rubric"  # rubric: a whole new rubric | edit: revise each item, add up to max_new_items
+    max_new_items: int = 2
 
     def __post_init__(self) -> None:
         if self.num_samples < 1 or self.analysis_tokens < 1:
             raise ValueError("MetaSettings needs num_samples >= 1 and analysis_tokens >= 1")
+        if self.refine not in ("rubric", "edit") or self.max_new_items < 0:
+            raise ValueError(f"MetaSettings.refine={self.refine!r}, max_new_items={self.max_new_items}: "
+                             "refine is 'rubric' or 'edit' and max_new_items >= 0")
         if not 0 < self.short_ratio < 1 < self.long_ratio:
             raise ValueError("MetaSettings needs 0 < short_ratio < 1 < long_ratio")
 
@@ -238,9 +246,7 @@ class MetaJudge:
         result.analyses = [t for _, t in analysed]
         if not analysed:
             return self._finish(result, start)
-        constraint = self._rubric_constraint() if self.llm.constraint_form is not None else None
-        refine = [with_reference(refine_messages(rubric, a, s.limits, max_description_chars=s.max_description_chars),
-                                 getattr(samples[i], "reference", None)) for i, a in analysed]
+        constraint, refine = self._refine_requests(rubric, samples, analysed)
         gens = await self.llm.generate(
             refine, max_tokens=constraint.max_tokens if constraint else 2048, temperature=s.temperature,
             constraints=[constraint] * len(refine) if constraint else None,
@@ -251,12 +257,30 @@ class MetaJudge:
                 self._fail(result, "refine", i, g.error, g.text)
                 continue
             try:
-                result.proposals.append(self.parse_proposal(g.text, rubric))
+                parse = self.parse_proposal if s.refine == "rubric" else self._parse_edit
+                result.proposals.append(parse(g.text, rubric))
             except ValueError as exc:
                 self._fail(result, "refine", i, f"invalid rubric: {exc}", g.text)
         if result.proposals:
             await self._merge_and_gate(result, rubric, [samples[i] for i, _ in result.selected], initial)
         return self._finish(result, start)
+
+    def _refine_requests(self, rubric: Rubric, samples: Sequence[MetaSample], analysed: list[tuple[int, str]]):
+        """(constraint or None, one conversation per analysis) in the configured refine form."""
+        s = self.settings
+        can = self.llm.constraint_form is not None
+        if s.refine == "edit":
+            constraint = edit_constraint(rubric, s.limits, max_description_chars=s.max_description_chars,
+                                         max_new=s.max_new_items) if can else None
+            convs = [edit_messages(rubric, a, s.limits, max_description_chars=s.max_description_chars, max_new=s.max_new_items)
+                     for _, a in analysed]
+        else:
+            constraint = self._rubric_constraint() if can else None
+            convs = [refine_messages(rubric, a, s.limits, max_description_chars=s.max_description_chars) for _, a in analysed]
+        return constraint, [with_reference(c, getattr(samples[i], "reference", None)) for (i, _), c in zip(analysed, convs)]
+
+    def _parse_edit(self, text: str, rubric: Rubric) -> Rubric:
+        return read_edit(text, rubric, self.settings.limits)
 
     # -- merge and quality gates ------------------------------------------------------------
 
@@ -280,6 +304,7 @@ class MetaJudge:
             result.merged_by = "deterministic"
         final = await self._gate(result, rubric, merged, seen, initial) if g.enabled else merged
         if final is not None:
+            final = carry_over(rubric, final, overlap=g.match_overlap)
             result.rubric = final
             result.changed = final.content_hash != rubric.content_hash
 

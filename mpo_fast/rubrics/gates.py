@@ -132,6 +132,20 @@ def changed_items(current: Rubric, proposed: Rubric, *, overlap: float = 0.5) ->
     return out
 
 
+def carry_over(current: Rubric, proposed: Rubric, *, overlap: float = 0.5) -> Rubric:
+    """`proposed` with the current rubric's aggregation, and each item that continues a current one
+    keeping that item's kind and weight where the proposal left the defaults (the meta-judge writes
+    title, description and points only, so a pitfall must not silently become a criterion)."""
+    matched = match_items(current.items, proposed.items, overlap=overlap)
+    items = []
+    for ni, item in enumerate(proposed.items):
+        old = current.items[matched[ni]] if ni in matched else None
+        if old is not None and item.kind == "criterion" and item.weight == 1.0:
+            item = RubricItem(item.title, item.description, item.max_points, weight=old.weight, kind=old.kind)
+        items.append(item)
+    return Rubric(task=proposed.task, context=proposed.context, items=tuple(items), aggregation=current.aggregation)
+
+
 def _named(title: str, analyses: str) -> bool:
     key = normalise_text(title)
     return bool(key) and f" {key} " in f" {analyses} "

@@ -126,6 +126,11 @@ class MetaSettings:
     max_new_tokens: int = 256
     trigger_on_signals: bool = True  # reward-hacking signals can bring the MPO step forward
     min_steps_between: int = 2  # never evolve twice within this many steps
+    # rubric: the MRM writes a whole rubric (the paper); edit: it revises each item and adds a few
+    # (judges/meta_edit.py), which keeps small MRMs from replacing the rubric with nonsense.
+    refine: str = "rubric"
+    merge: str = "mrm"  # mrm: an MRM merge call (paper), canonicalised | deterministic: text matching only
+    gates: bool = True  # rubric quality gates (rubrics/gates.py, judges/meta_gates.py)
 
 
 @dataclass
@@ -390,6 +395,8 @@ _CHOICES = {
     "judge.scoring": ("parse", "constrained", "expected"),
     "judge.call_mode": ("all_items", "per_item"),
     "meta.backend": ("judge", "local", "openai"),
+    "meta.refine": ("rubric", "edit"),
+    "meta.merge": ("mrm", "deterministic"),
     "train.lr_scheduler": ("cosine", "linear", "constant"),
     "train.kl_estimator": ("k1", "k2", "k3"),
     "train.kl_in": ("loss", "reward"),

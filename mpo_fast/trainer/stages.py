@@ -223,6 +223,19 @@ class MetaSampleBuffer:
         self.samples = [meta_sample_from_dict(r) for r in rows]
 
 
+def item_score_stats(judgements: Sequence[Judgement]) -> dict[str, list[float | None]]:
+    """Per rubric item, the mean and population std of its scores over the step's successful
+    judgements (the items of the rubric that scored them, in order), so a run shows which
+    criteria move. Empty lists when nothing was scored."""
+    ok = [j.item_scores for j in judgements if j.ok]
+    k = len(ok[0]) if ok else 0
+    columns = [[float(s[i]) for s in ok if len(s) == k and s[i] is not None] for i in range(k)]
+    return {
+        "item_score_mean": [statistics.fmean(c) if c else None for c in columns],
+        "item_score_std": [statistics.pstdev(c) if c else None for c in columns],
+    }
+
+
 def _reference_of(example) -> str | None:
     """What the MRM is shown as the correct answer: the reference (math, summaries), else the label
     (ethics verdicts)."""

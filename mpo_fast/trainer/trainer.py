@@ -540,6 +540,7 @@ class MPOTrainer:
             "samples_per_s": len(rollouts) / timings["step_seconds"],
             "generated_tokens_per_s": tokens / max(timings["generate_s"], 1e-9),
             "skipped_nonfinite_total": self.skipped_nonfinite,
+            **stages.item_score_stats(scored.judgements),
         }
         if update is not None:
             row.update(loss=update.loss, grad_norm=update.grad_norm, lr=update.lr, **update.metrics)

@@ -188,3 +188,33 @@ def test_the_mrm_sees_the_reference_answer():
     refine = [m for kind, m, c in mrm.llm.log if "# Audit of one graded sample" in m[-1]["content"]]
     assert "<reference>\n4\n</reference>" in analyze[0][-1]["content"] and "<reference>\n4\n</reference>" in refine[0][-1]["content"]
     assert "<reference>\n4\n</reference>" in mrm.merge_prompts[0]
+
+
+def test_edit_refine_keeps_every_item_by_construction():
+    from mpo_fast.judges.meta_edit import EDIT_HEADER
+
+    def respond(messages, call):
+        text = messages[-1]["content"]
+        if EDIT_HEADER in text:
+            schema = call["constraint"].json_schema
+            assert schema["required"] == ["item_1", "item_2", "item_3", "new_items"]
+            assert schema["properties"]["new_items"]["maxItems"] == 2
+            return json.dumps({"item_1": {"description": "Answers exactly the prompt asked, to the end.", "max_points": 4},
+                               "item_2": {"description": "", "max_points": 3},  # empty: the current text stays
+                               "item_3": {"description": "Develops ideas with concrete examples.", "max_points": 3},
+                               "new_items": [CONCISION, RING]})
+        return mrm.respond(messages, call)
+
+    mrm = MRM([], merged=None)
+    mrm.llm.respond = respond
+    meta = MetaJudge(mrm.llm, MetaSettings(num_samples=1, refine="edit", mrm_merge=False), initial_rubric=INITIAL)
+    evo = asyncio.run(meta.evolve(INITIAL, _samples(1), step=3))
+    assert evo.changed
+    assert [i.title for i in evo.rubric.items] == ["Prompt adherence", "Clarity", "Depth", "Concision"]
+    assert evo.rubric.items[0].description == "Answers exactly the prompt asked, to the end."
+    assert evo.rubric.items[1] == INITIAL.items[1]
+    assert [(r.gate, r.item) for r in evo.rejections] == [("relevance", "The One Ring")]
+    # an answer that is not the edit object is a refine failure, the rubric kept
+    mrm.llm.respond = lambda m, c: "[1, 2]" if EDIT_HEADER in m[-1]["content"] else mrm.respond(m, c)
+    evo = asyncio.run(meta.evolve(INITIAL, _samples(1), step=4))
+    assert not evo.changed and [f.stage for f in evo.failures] == ["refine"]

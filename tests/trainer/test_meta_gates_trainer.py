@@ -73,6 +73,16 @@ def _check_store(root, initial_titles):
     assert versions[-1].rubric.items[-1].title in {t for t, _ in NEW}
 
 
+def _check_item_stats(root):
+    """Per-item score mean/std per step, one entry per item of the rubric that scored the step."""
+    store = RubricStore(root / "run" / "rubrics")
+    rows = read_jsonl(root / "run" / "metrics.jsonl")
+    for r in rows:
+        k = len(store.get(r["rubric_version"]).rubric.items)
+        assert len(r["item_score_mean"]) == k and len(r["item_score_std"]) == k
+        assert all(m is not None and m >= 0 for m in r["item_score_mean"])
+
+
 def test_gates_through_the_serial_trainer(tmp_path, tokenizer):
     trainer = _trainer(tmp_path, tokenizer, train={"max_steps": 5})
     trainer.train()
@@ -84,6 +94,7 @@ def test_gates_through_the_serial_trainer(tmp_path, tokenizer):
     for r in evolved:  # 4 refinements, 2 of them nonsense: 2 refusals, each with its reason
         assert r["meta_rejections"] == 2 and r["rubric_evolved"] is not None
         assert all(n["gate"] == "conservation" and "removes" in n["reason"] for n in r["meta_gate_notes"])
+    _check_item_stats(tmp_path)
     notes = summarise_run(tmp_path / "run").gate_notes
     assert [n["step"] for n in notes] == [2, 2, 4, 4]
 
@@ -94,3 +105,4 @@ def test_gates_through_the_overlapped_pipeline(tmp_path, tokenizer):
                        pipeline={"mode": "overlapped", "max_staleness": 1, "rubric_swap": "next_step", **fast})
     trainer.train()
     _check_store(tmp_path, {i.title for i in ShortEssayTask().initial_rubric().items})
+    _check_item_stats(tmp_path)

@@ -350,6 +350,7 @@ class TrainerStages:
             "staleness": batch.step - batch.behaviour_version, "response_length_mean": sum(lengths) / len(lengths),
             "eos_fraction": sum(s.rollout.finished for s in batch.samples) / len(batch.samples),
             "wall_s": time.perf_counter() - self._t0, "pipeline": self.settings.mode, "signals": list(self._signals),
+            **trainer_stages.item_score_stats([s.judgement.judgement for s in batch.samples if s.judgement is not None]),
             **metrics,
         }
 
