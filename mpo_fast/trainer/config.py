@@ -153,6 +153,13 @@ class TrainSettings:
     # loss: a KL term in the policy loss (k2/k3: k1 has zero expected gradient on-policy);
     # reward: k1 per token subtracted from the reward before advantages, as the reference's PPO does.
     kl_in: str = "loss"
+    # grpo: group-relative advantages per sequence | ppo: a value head, GAE and a clipped value loss
+    # (the paper's optimiser; KL always in the reward; serial schedule only for now)
+    algorithm: str = "grpo"
+    gamma: float = 1.0
+    lam: float = 0.95
+    vf_coef: float = 0.1  # TRL PPO's default
+    vf_clip: float = 0.2  # TRL PPO's cliprange_value
     loss_aggregation: str = "token_mean"  # token_mean | seq_mean_token_mean | seq_mean_token_sum
     advantage_mode: str = "grpo"  # grpo | dr_grpo | rloo
     advantage_eps: float = 1e-6
@@ -400,6 +407,7 @@ _CHOICES = {
     "train.lr_scheduler": ("cosine", "linear", "constant"),
     "train.kl_estimator": ("k1", "k2", "k3"),
     "train.kl_in": ("loss", "reward"),
+    "train.algorithm": ("grpo", "ppo"),
     "train.loss_aggregation": ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum"),
     "train.advantage_mode": ("grpo", "dr_grpo", "rloo"),
 }
@@ -411,7 +419,7 @@ _POSITIVE_INT = (
 _NON_NEGATIVE = (
     "rollout.temperature", "rollout.missing_eos_penalty", "judge.temperature", "judge.max_retries",
     "train.warmup_steps", "train.weight_decay", "train.max_grad_norm", "train.clip_low", "train.clip_high",
-    "train.kl_coef", "train.advantage_eps", "log.save_steps", "meta.min_steps_between", "lora.dropout",
+    "train.kl_coef", "train.advantage_eps", "train.gamma", "train.lam", "train.vf_coef", "train.vf_clip", "log.save_steps", "meta.min_steps_between", "lora.dropout",
     "rollout.gpu_memory_utilization",
 )
 
@@ -486,6 +494,14 @@ def validate(config: MPOConfig) -> None:
             "near the reference. Use kl_estimator: k3 (or k2) in the loss, or kl_in: reward to subtract k1 per token "
             "from the reward as the reference's PPO does"
         )
+    if not (0.0 <= t.gamma <= 1.0 and 0.0 <= t.lam <= 1.0):
+        raise ConfigError(f"train.gamma = {t.gamma}, train.lam = {t.lam}: both must be in [0, 1] (1.0 and 0.95 are usual)")
+    if t.algorithm == "ppo" and config.pipeline.mode != "serial":
+        raise ConfigError(f"train.algorithm is 'ppo' but pipeline.mode is {config.pipeline.mode!r}: PPO runs on the serial "
+                          "schedule only for now; use pipeline.mode: serial, or algorithm: grpo")
+    if t.algorithm == "ppo" and t.kl_coef > 0 and t.kl_in != "reward":
+        raise ConfigError("train.algorithm is 'ppo': its KL is per token in the reward (as the reference's PPO); "
+                          "set train.kl_in: reward (or kl_coef: 0)")
     if t.kl_coef > 0 and t.kl_in == "reward" and config.pipeline.mode != "serial":
         raise ConfigError(
             f"train.kl_in is 'reward' but pipeline.mode is {config.pipeline.mode!r}: KL in the reward runs on the serial "

@@ -12,8 +12,7 @@ The policy loss is the clipped surrogate of ops.policy_loss with the token advan
 The value head reads the policy's last hidden state (LoRA: trained with the adapters; its one
 Linear layer is zero-initialised, so V = 0 and A = discounted returns at step 0).
 
-Status: the math and the value head, tested on a hand-computed episode; not yet wired into the
-trainer's step (train.algorithm is grpo only).
+The update stage that uses them is ppo_update.py (train.algorithm: ppo).
 """
 from __future__ import annotations
 

@@ -38,6 +38,8 @@ from .data import PromptSampler, as_examples
 from .kl_reward import kl_penalised_rewards, sequence_k1
 from .logprobs import PolicyLogprobs, adapters_disabled, causal_lm_of, is_peft_model
 from .run_log import Progress, RunLog, read_jsonl
+from .ppo import ValueHead
+from .ppo_update import PPOUpdater
 from .update import PolicyUpdater, UpdateResult, advance_schedule
 
 log = logging.getLogger("mpo_fast")
@@ -181,6 +183,10 @@ class MPOTrainer:
         if not self.params:
             raise ValueError("the model has no trainable parameters; unfreeze some, or pass a peft_config")
         self.device = next(model.parameters()).device
+        self.value_head = None
+        if args.train.algorithm == "ppo":  # V(s_t) from the policy's last hidden state, trained with it
+            self.value_head = ValueHead(causal_lm_of(model).config.hidden_size).to(self.device)
+            self.params += list(self.value_head.parameters())
         self.ref_model = None
         if args.train.kl_coef > 0 and not is_peft_model(model):
             self.ref_model = copy.deepcopy(causal_lm_of(model)).eval().requires_grad_(False)
@@ -200,8 +206,10 @@ class MPOTrainer:
             _scheduler_name(t.lr_scheduler), self.optimizer,
             num_warmup_steps=t.warmup_steps * t.ppo_epochs, num_training_steps=t.max_steps * t.ppo_epochs,
         )
-        self.updater = PolicyUpdater(
-            self.logprobs, self.optimizer, self.scheduler, self.params, t,
+        updater = PPOUpdater if t.algorithm == "ppo" else PolicyUpdater
+        extra = (self.value_head,) if t.algorithm == "ppo" else ()
+        self.updater = updater(
+            self.logprobs, *extra, self.optimizer, self.scheduler, self.params, t,
             max_tokens=self.args.rollout.max_new_tokens, device=self.device,
         )
 
@@ -240,6 +248,8 @@ class MPOTrainer:
             "last_evolve_step": self.last_evolve_step,
             "meta_buffer": self.meta_buffer.state(),
             "signals": self.signals.state() if self.signals is not None else None,
+            # hidden_size + 1 floats: float32 -> JSON -> float32 is exact
+            "value_head": None if self.value_head is None else {k: v.tolist() for k, v in self.value_head.state_dict().items()},
         }
 
     def _load_state(self, state: dict[str, Any]) -> None:
@@ -257,6 +267,8 @@ class MPOTrainer:
         self.skipped_nonfinite = int(state["skipped_nonfinite"])
         self.last_evolve_step = int(state["last_evolve_step"])
         self.meta_buffer.load_state(state["meta_buffer"])
+        if self.value_head is not None and state.get("value_head") is not None:
+            self.value_head.load_state_dict({k: torch.tensor(v) for k, v in state["value_head"].items()})
         if self.signals is not None and state.get("signals") is not None:
             self.signals.load_state(state["signals"])
 
@@ -375,7 +387,7 @@ class MPOTrainer:
 
         # advantages (with KL in the reward, where configured: r - kl_coef * sum_t k1_t)
         adv_input, kl_seq = scored, None
-        if args.train.kl_in == "reward" and args.train.kl_coef > 0:
+        if args.train.kl_in == "reward" and args.train.kl_coef > 0 and args.train.algorithm == "grpo":
             kl_seq = sequence_k1(self.logprobs, build_train_batch(rollouts, torch.zeros(len(rollouts)),
                                                                   pad_token_id=self.tokenizer.pad_token_id),
                                  micro_batch_size=args.train.micro_batch_size, device=self.device)
@@ -391,7 +403,10 @@ class MPOTrainer:
             batch = build_train_batch(
                 [rollouts[i] for i in keep], adv.advantages[keep], pad_token_id=self.tokenizer.pad_token_id
             )
-            update = self.updater.update(batch)
+            if args.train.algorithm == "ppo":  # token advantages from the judge's scores (ppo_update.py)
+                update = self.updater.update(batch, scored.rewards[keep])
+            else:
+                update = self.updater.update(batch)
             self.policy_version += 1
             self.rollout.sync_weights(self.model, self.policy_version)
             self.skipped_nonfinite += update.skipped_steps
