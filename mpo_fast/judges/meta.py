@@ -28,8 +28,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from ..rubrics import ProposalLimits, Rubric, merge_rubrics, normalise_proposal
-from ..rubrics.gates import GateRejection, GateSettings, carry_over, changed_items, check_conservation
+from ..rubrics import ProposalLimits, Rubric, RubricItem, merge_rubrics, normalise_proposal
+from ..rubrics.gates import GateRejection, GateSettings, carry_over, changed_items, check_conservation, copied_span
 from .constrained import rubric_items_schema
 from .llm import LLM, Message
 from .meta_edit import edit_constraint, edit_messages, read_edit
@@ -353,18 +353,22 @@ class MetaJudge:
             return None
         items: list = list(fixed.items)
         changes = changed_items(rubric, fixed, overlap=g.match_overlap)
+        # Deterministic part of relevance: a criterion quoting an analysed sample is about its content.
+        sources = [t for smp in seen for t in (smp.prompt, smp.response)]
+        kept_changes = []
+        for ni, oi in changes:
+            span = copied_span(f"{items[ni].title} {items[ni].description}", sources)
+            if span is None:
+                kept_changes.append((ni, oi))
+            else:
+                self._refuse(result, rubric, items, ni, oi, f"quotes an analysed sample ({span!r})")
+        changes = kept_changes
         if g.relevance and changes:
             verdicts, calls = await check_relevance(self.llm, rubric, [items[ni] for ni, _ in changes], g)
             result.calls += calls
             for (ni, oi), (ok, why) in zip(changes, verdicts):
-                if ok:
-                    continue
-                if oi is None:
-                    self._note(result, [GateRejection("relevance", items[ni].title, why)])
-                    items[ni] = None
-                else:
-                    self._note(result, [GateRejection("relevance", items[ni].title, why, "reverted")])
-                    items[ni] = rubric.items[oi]
+                if not ok:
+                    self._refuse(result, rubric, items, ni, oi, why)
         new = [ni for ni, oi in changes if oi is None and items[ni] is not None]
         if g.discriminativeness and self.scorer is not None and new:
             notes, drop, calls = await check_discriminativeness(self.scorer, rubric, [items[ni] for ni in new], seen, g)
@@ -377,6 +381,17 @@ class MetaJudge:
             return None
         return canonicalise(Rubric(task=rubric.task, context=rubric.context, items=tuple(kept)), rubric,
                             max_items=s.limits.max_items, overlap=g.match_overlap)
+
+    def _refuse(self, result: Evolution, rubric: Rubric, items: list, ni: int, oi: int | None, why: str) -> None:
+        """Relevance refused item `ni`: a new item is dropped; a reworded one gets its current
+        title and description back (a reweighting stands: points are bounded and not text)."""
+        if oi is None:
+            self._note(result, [GateRejection("relevance", items[ni].title, why)])
+            items[ni] = None
+            return
+        self._note(result, [GateRejection("relevance", items[ni].title, why, "reverted")])
+        old = rubric.items[oi]
+        items[ni] = RubricItem(old.title, old.description, items[ni].max_points, weight=old.weight, kind=old.kind)
 
     def _note(self, result: Evolution, notes: list[GateRejection]) -> None:
         for n in notes:

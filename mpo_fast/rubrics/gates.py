@@ -146,6 +146,22 @@ def carry_over(current: Rubric, proposed: Rubric, *, overlap: float = 0.5) -> Ru
     return Rubric(task=proposed.task, context=proposed.context, items=tuple(items), aggregation=current.aggregation)
 
 
+def copied_span(text: str, sources: Sequence[str], *, words: int = 6) -> str | None:
+    """The first run of `words` consecutive (normalised) words of `text` that also occurs in one of
+    `sources`, or None. A criterion that quotes a sample's prompt or response is about that sample's
+    content (the 135M demo MRM rewrote "Answers the prompt" as the first sentence of the story it
+    had just read); 6 words rarely recur by chance between a criterion and an essay."""
+    tokens = normalise_text(text).split()
+    if len(tokens) < words:
+        return None
+    haystacks = [f" {normalise_text(s)} " for s in sources if s]
+    for i in range(len(tokens) - words + 1):
+        span = " ".join(tokens[i:i + words])
+        if any(f" {span} " in h for h in haystacks):
+            return span
+    return None
+
+
 def _named(title: str, analyses: str) -> bool:
     key = normalise_text(title)
     return bool(key) and f" {key} " in f" {analyses} "

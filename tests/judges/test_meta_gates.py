@@ -218,3 +218,17 @@ def test_edit_refine_keeps_every_item_by_construction():
     mrm.llm.respond = lambda m, c: "[1, 2]" if EDIT_HEADER in m[-1]["content"] else mrm.respond(m, c)
     evo = asyncio.run(meta.evolve(INITIAL, _samples(1), step=4))
     assert not evo.changed and [f.stage for f in evo.failures] == ["refine"]
+
+
+def test_a_rewording_that_quotes_a_sample_is_reverted_and_its_reweighting_kept():
+    story = "The old house, once owned by a wealthy family, now resides in a small town by the sea."
+    quoting = dict(KEEP[0], description="The old house, once owned by a wealthy family, now resides here.", max_points=6)
+    proposal = [quoting, KEEP[1], KEEP[2]]
+    mrm = MRM([proposal], merged=proposal, irrelevant=())  # the MRM's own relevance check says yes
+    samples = [MetaSample(prompt="Write about a house.", response=story, item_scores=(1.0, 1.0, 1.0), reward=0.3)]
+    evo = _evolve(mrm, n=1, samples=samples)
+    assert evo.changed and evo.rubric.items[0].description == INITIAL.items[0].description
+    assert evo.rubric.items[0].max_points == 6
+    assert [(r.gate, r.action) for r in evo.rejections] == [("relevance", "reverted")]
+    assert "quotes an analysed sample" in evo.rejections[0].reason
+    assert mrm.relevance_asked == []  # refused before any model call

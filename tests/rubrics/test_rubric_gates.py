@@ -84,3 +84,13 @@ def test_gate_settings_validate():
         GateSettings(max_removed_fraction=1.5)
     with pytest.raises(ValueError, match="min_scored"):
         GateSettings(min_scored=1)
+
+
+def test_copied_span_finds_a_quoted_sample():
+    from mpo_fast.rubrics.gates import copied_span
+
+    story = "The old house, once owned by a wealthy family, now resides in a small town."
+    assert copied_span("The old house — once owned by a wealthy family — is described.", [story]) == \
+        "the old house once owned by"
+    assert copied_span("Answers the prompt that was asked and stays with it.", [story]) is None
+    assert copied_span("old house", [story]) is None  # shorter than the window
