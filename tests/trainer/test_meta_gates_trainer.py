@@ -106,3 +106,5 @@ def test_gates_through_the_overlapped_pipeline(tmp_path, tokenizer):
     trainer.train()
     _check_store(tmp_path, {i.title for i in ShortEssayTask().initial_rubric().items})
     _check_item_stats(tmp_path)
+    notes = summarise_run(tmp_path / "run").gate_notes
+    assert notes and all(n["gate"] == "conservation" and "removes" in n["reason"] for n in notes)

@@ -114,6 +114,8 @@ class TrainerStages:
             self.evolve = self._evolve_async  # type: ignore[method-assign]
         self.samples_log: list[dict] = []
         self._pending_row: dict | None = None
+        self._gate_notes: list[dict] = []  # quality-gate refusals of the meta-judge, for the next metrics row
+        self._notes_lock = threading.Lock()  # appended on the meta-judge's thread, taken on the trainer's
         self.progress = None  # a run_log.Progress, set by train_pipelined
         self._signals: list[str] = []  # reward-hacking signals of the last update
         self._rubric_hash = getattr(trainer.rubric_version, "hash", None)
@@ -311,6 +313,8 @@ class TrainerStages:
             raise TypeError(f"meta_judge.evolve returned {type(result).__name__}; it must return a Rubric, an object with "
                             "a .rubric attribute, or None")
         analyses = tuple(getattr(result, "analyses", ()) or ())
+        with self._notes_lock:
+            self._gate_notes += [{"step": step, **r.to_dict()} for r in getattr(result, "rejections", ()) or ()]
         new = self.trainer.store.save(rubric, parent=current.version, step=step, analyses=analyses)
         return None if new.hash == current.hash else new
 
@@ -339,6 +343,11 @@ class TrainerStages:
 
     # -- logging ------------------------------------------------------------------------------
     def _metrics_row(self, batch: ScoredBatch, metrics: dict) -> dict:
+        with self._notes_lock:
+            notes, self._gate_notes = self._gate_notes, []
+        if notes:
+            metrics = {**metrics, "meta_gate_notes": notes,
+                       "meta_rejections": sum(1 for n in notes if n["action"] != "flagged")}
         rewards = [s.reward for s in batch.samples if s.reward is not None]
         lengths = [len(s.rollout.completion_ids) for s in batch.samples]
         return {
