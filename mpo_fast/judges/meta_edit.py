@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ..rubrics import ProposalLimits, Rubric, normalise_proposal
+from ..rubrics import ProposalLimits, Rubric, normalise_proposal, normalise_text
 from .constrained import Constraint, _integer_choices
 from .llm import Message
 
@@ -85,4 +85,16 @@ def read_edit(text: str, rubric: Rubric, limits: ProposalLimits) -> Rubric:
                       "max_points": entry.get("max_points", item.max_points)})
     new = data.get("new_items")
     items += [n for n in new if isinstance(n, dict)] if isinstance(new, list) else []
+    # One description written for several items (the 135M demo MRM does this) would make the merge
+    # fold those items into one, dropping criteria: such a revision keeps the current text, and a new
+    # item repeating an earlier description is dropped.
+    seen: set[str] = set()
+    for i, item in enumerate(items):
+        key = normalise_text(item["description"]) if isinstance(item.get("description"), str) else ""
+        if key and key in seen:
+            if i < len(rubric.items):
+                item["description"] = rubric.items[i].description
+            else:
+                item["title"] = None  # normalise_proposal skips an item without a title
+        seen.add(key)
     return normalise_proposal(items, task=rubric.task, context=rubric.context, limits=limits)

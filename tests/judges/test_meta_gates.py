@@ -232,3 +232,18 @@ def test_a_rewording_that_quotes_a_sample_is_reverted_and_its_reweighting_kept()
     assert [(r.gate, r.action) for r in evo.rejections] == [("relevance", "reverted")]
     assert "quotes an analysed sample" in evo.rejections[0].reason
     assert mrm.relevance_asked == []  # refused before any model call
+
+
+def test_edit_answers_repeating_one_description_keep_every_item():
+    from mpo_fast.judges.meta_edit import read_edit
+
+    same = "Clear and well written, with good ideas."
+    text = json.dumps({"item_1": {"description": same, "max_points": 4}, "item_2": {"description": same, "max_points": 2},
+                       "item_3": {"description": same + " ", "max_points": 3},
+                       "new_items": [{"title": "Style", "description": same, "max_points": 2}, CONCISION]})
+    from mpo_fast.rubrics import ProposalLimits
+
+    out = read_edit(text, INITIAL, ProposalLimits())
+    assert [i.title for i in out.items] == ["Prompt adherence", "Clarity", "Depth", "Concision"]
+    assert [i.description for i in out.items[:3]] == [same, INITIAL.items[1].description, INITIAL.items[2].description]
+    assert out.items[1].max_points == 2  # the points of a repeated revision still count
