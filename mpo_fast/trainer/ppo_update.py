@@ -78,6 +78,9 @@ class PPOUpdater:
         mean, var = flat.mean(), flat.var(unbiased=False)
         advs = [torch.where(m.completion_mask, (a - mean) * torch.rsqrt(var + 1e-8), torch.zeros_like(a))
                 for a, m in zip(advs, micros)]
+        # per sample, the mean of its token advantages: what samples.jsonl shows as its advantage
+        self.sequence_advantages = torch.cat([(a.sum(-1) / m.completion_mask.sum(-1).clamp(min=1)).cpu()
+                                              for a, m in zip(advs, micros)])
         model.train()
         total = max(batch.num_tokens, 1)
         weights = [m.num_tokens / total for m in micros]

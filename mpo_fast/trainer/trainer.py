@@ -416,7 +416,11 @@ class MPOTrainer:
         update_s = time.perf_counter() - t0
 
         # samples + evolve
-        self._log_samples(step, prompts, rollouts, scored, adv.advantages, rubric_version)
+        logged_adv = adv.advantages
+        if args.train.algorithm == "ppo" and keep:  # the advantages PPO trained on (per-sample token mean)
+            logged_adv = torch.zeros(len(rollouts))
+            logged_adv[keep] = self.updater.sequence_advantages
+        self._log_samples(step, prompts, rollouts, scored, logged_adv, rubric_version)
         self.meta_buffer.add(stages.meta_samples(step, prompts, rollouts, scored, rubric_version.hash))
         signals = self.signals.observe(step, rollouts, scored) if self.signals is not None else []
         t0 = time.perf_counter()

@@ -28,6 +28,13 @@ def test_ppo_steps_train_policy_and_value_head(tmp_path, tokenizer):
     assert rows[0]["kl"] == pytest.approx(0.0, abs=1e-6) and rows[-1]["kl"] != 0.0  # KL in the reward, per token
     assert not torch.equal(head_before, trainer.value_head.linear.weight)
     assert any(not torch.equal(policy_before[n], p) for n, p in trainer.model.named_parameters())
+    # samples.jsonl shows the advantages PPO trained on: whitened token advantages, so their
+    # token-weighted mean over a step is 0 (not GRPO's per-group ones)
+    samples = read_jsonl(tmp_path / "run" / "samples.jsonl")
+    for step in (1, 2, 3):
+        rows_ = [x for x in samples if x["step"] == step]
+        weighted = sum(x["advantage"] * x["length"] for x in rows_) / sum(x["length"] for x in rows_)
+        assert weighted == pytest.approx(0.0, abs=1e-4)
     # resume restores the value head exactly
     resumed = _trainer(tmp_path, tokenizer, train={"max_steps": 3, "algorithm": "ppo", "kl_in": "reward", "kl_coef": 0.05,
                                                    "learning_rate": 1e-2, "vf_coef": 1.0}, resume=True)
