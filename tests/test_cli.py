@@ -141,3 +141,14 @@ def test_train_overlapped_from_the_command_line_then_resume(tmp_path, tiny_dir, 
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3]
 
+
+
+def test_train_ppo_from_the_command_line(tmp_path, tiny_dir, capsys):
+    # LoRA policy, its frozen base as judge and reference, PPO with the KL per token in the reward
+    config = _config(tmp_path, tiny_dir)
+    assert main(["train", "--config", config, "train.algorithm=ppo", "train.kl_in=reward"]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2] and all("value_loss" in r and r["loss"] == r["loss"] for r in rows)
+    capsys.readouterr()
+    assert main(["train", "--config", config, "train.algorithm=ppo"]) == EXIT_BAD_INPUT  # KL in the loss
+    assert "kl_in: reward" in capsys.readouterr().err

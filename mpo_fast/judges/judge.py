@@ -7,8 +7,9 @@ Scoring modes (`JudgeSettings.scoring`, see types.ScoringMode) and call modes (`
 per_item, all_items) combine freely. All calls of a batch are issued together: a local model
 batches them into few `generate` calls, a server receives them concurrently.
 
-Reward = sum of item scores / rubric.max_total, so rewards stay in [0, 1] when the rubric gains or
-loses items. Any failed item fails the judgement: reward None, the reason in `error`, counted in
+Reward = rubric.aggregate(item scores): by default the sum of item scores / rubric.max_total, so
+rewards stay in [0, 1] when the rubric gains or loses items (pitfall items subtract; weighted and
+veto_min aggregations: rubrics/model.py). Any failed item fails the judgement: reward None, the reason in `error`, counted in
 `stats` and logged with the judge's text; never a 0.
 """
 from __future__ import annotations
@@ -420,7 +421,7 @@ class RubricJudge:
                     unresolved = unresolved or [None] * k
                     unresolved[item] = c.unresolved[j]
         ok = all(st == ScoreStatus.OK for st in status)
-        reward = math.fsum(values) / rubric.max_total if ok else None  # type: ignore[arg-type]
+        reward = rubric.aggregate(values) if ok else None  # type: ignore[arg-type]
         error = None
         if not ok:
             error = next((c.error for c in calls if c.error), None) or "parse: " + ", ".join(

@@ -8,7 +8,13 @@ Every `mpo_interval` steps (or early, on a hacking signal) the trainer hands ove
    saturated or zero scores, failed judgements), deterministically;
 2. analyze: one MRM call per sample, free text: where the rubric failed on it;
 3. refine: one MRM call per analysis, a full rubric as schema-constrained JSON;
-4. merge: the valid proposals merged deterministically (rubrics.merge_rubrics).
+4. conservation gate per proposal (rubrics/gates.py): one that drops most of the rubric or every
+   initial item is rejected; a removal the analyses do not name is put back;
+5. merge: one MRM call (meta_merge.py: union, dedupe, re-count, rewrite; temperature 0), its answer
+   canonicalised by the deterministic code; if it fails, rubrics.merge_rubrics of the proposals;
+6. gates on the merged rubric (meta_gates.py): conservation again, relevance of each new or
+   reworded item (MRM yes/no), discriminativeness of each new item (the RM scores it on the
+   analysed samples). Every refusal is an `Evolution.rejections` entry, logged with its reason.
 An answer that fails validation is logged with its text and dropped; with no valid proposal the
 current rubric stays in place (`changed` is False).
 """
@@ -21,9 +27,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from ..rubrics import ProposalLimits, Rubric, merge_rubrics, normalise_proposal
+from ..rubrics import ProposalLimits, Rubric, RubricItem, merge_rubrics, normalise_proposal
+from ..rubrics.gates import GateRejection, GateSettings, carry_over, changed_items, check_conservation, copied_span
 from .constrained import rubric_items_schema
-from .llm import LLM
+from .llm import LLM, Message
+from .meta_edit import edit_constraint, edit_messages, read_edit
+from .meta_gates import check_discriminativeness, check_relevance
+from .meta_merge import canonicalise, merge_messages
 from .meta_prompts import analyze_messages, refine_messages
 from .schema_check import ReplyMismatch, check_json
 
@@ -42,6 +52,7 @@ class MetaSample:
     rationale: str = ""
     rubric_hash: str = ""
     step: int | None = None
+    reference: str | None = None  # the task's reference answer or label, where it has one
 
 
 @dataclass(frozen=True)
@@ -50,6 +61,10 @@ class MetaSettings:
     prescreen: pick informative samples (else evenly spaced ones).
     short_ratio / long_ratio: a response shorter than short_ratio x the median length (or longer
         than long_ratio x) is suspicious.
+    mrm_merge: merge the proposals with an MRM call (else only rubrics.merge_rubrics).
+    refine: "rubric" (the MRM writes a whole rubric, as the paper) or "edit" (meta_edit.py: each
+        current item revised, at most max_new_items added; for small MRMs that cannot keep a rubric).
+    gates: the rubric quality gates' thresholds (gates.enabled=False: none run).
     """
 
     num_samples: int = 16
@@ -61,17 +76,24 @@ class MetaSettings:
     max_description_chars: int = 300
     short_ratio: float = 0.5
     long_ratio: float = 2.0
+    mrm_merge: bool = True
+    gates: GateSettings = GateSettings()
+    refine: str = "rubric"  # rubric: a whole new rubric | edit: revise each item, add up to max_new_items
+    max_new_items: int = 2
 
     def __post_init__(self) -> None:
         if self.num_samples < 1 or self.analysis_tokens < 1:
             raise ValueError("MetaSettings needs num_samples >= 1 and analysis_tokens >= 1")
+        if self.refine not in ("rubric", "edit") or self.max_new_items < 0:
+            raise ValueError(f"MetaSettings.refine={self.refine!r}, max_new_items={self.max_new_items}: "
+                             "refine is 'rubric' or 'edit' and max_new_items >= 0")
         if not 0 < self.short_ratio < 1 < self.long_ratio:
             raise ValueError("MetaSettings needs 0 < short_ratio < 1 < long_ratio")
 
 
 @dataclass(frozen=True)
 class MetaFailure:
-    stage: str  # "analyze" | "refine"
+    stage: str  # "analyze" | "refine" | "merge" (sample -1: the merge is over all proposals)
     sample: int  # index into the samples given to evolve
     error: str
     text: str
@@ -89,6 +111,8 @@ class Evolution:
     analyses: list[str] = field(default_factory=list)
     proposals: list[Rubric] = field(default_factory=list)
     failures: list[MetaFailure] = field(default_factory=list)
+    rejections: list[GateRejection] = field(default_factory=list)
+    merged_by: str = ""  # "mrm" | "deterministic" | "" (no merge ran)
     calls: int = 0
     seconds: float = 0.0
 
@@ -138,13 +162,32 @@ def evenly_spaced(count: int, n: int) -> list[tuple[int, str]]:
     return [(math.floor(j * count / n), "sampled") for j in range(n)]
 
 
-class MetaJudge:
-    """analyze -> refine -> merge with any LLM (the same interface as the reward model's)."""
+def with_reference(messages: list[Message], reference: str | None) -> list[Message]:
+    """The analysis prompt plus the task's reference answer or label, where the sample has one
+    (math, summaries, ethics): the MRM cannot tell a lenient score from a fair one without it."""
+    if not reference:
+        return messages
+    last = dict(messages[-1])
+    last["content"] += "\n\n# Reference answer (what a correct response contains)\n<reference>\n" + reference[:1500] + "\n</reference>"
+    return [*messages[:-1], last]
 
-    def __init__(self, llm: LLM, settings: MetaSettings | None = None):
+
+class MetaJudge:
+    """analyze -> refine -> gate -> merge -> gate with any LLM (the same interface as the reward model's).
+
+    scorer: the reward model (anything with an async `judge(requests)`), used by the
+        discriminativeness gate to score new items on the analysed samples; None skips that gate.
+    initial_rubric: the task's initial rubric, which the conservation gate requires a proposal to
+        keep something of; `evolve(..., initial=...)` overrides it, and without either the first
+        rubric this meta-judge evolved stands in.
+    """
+
+    def __init__(self, llm: LLM, settings: MetaSettings | None = None, *, scorer=None, initial_rubric: Rubric | None = None):
         self.llm = llm
         self.settings = settings or MetaSettings()
         self.calls = 0
+        self.scorer = scorer
+        self.initial_rubric = initial_rubric
 
     def select(self, samples: Sequence[MetaSample]) -> list[tuple[int, str]]:
         s = self.settings
@@ -171,9 +214,12 @@ class MetaJudge:
             raise ValueError(f"not the JSON asked for ({exc})") from None
         return normalise_proposal(data["items"], task=rubric.task, context=rubric.context, limits=self.settings.limits)
 
-    async def evolve(self, rubric: Rubric, samples: Sequence[MetaSample], step: int) -> Evolution:
+    async def evolve(self, rubric: Rubric, samples: Sequence[MetaSample], step: int, *, initial: Rubric | None = None) -> Evolution:
         start = time.perf_counter()
         s = self.settings
+        if self.initial_rubric is None:
+            self.initial_rubric = initial or rubric
+        initial = initial or self.initial_rubric
         result = Evolution(rubric=rubric, changed=False, parent_hash=rubric.content_hash, step=step)
         result.selected = self.select(samples)
         if not result.selected:
@@ -185,7 +231,9 @@ class MetaJudge:
         for i, reason in result.selected:
             smp = samples[i]
             scores = tuple(smp.item_scores) if len(smp.item_scores) == k else (None,) * k
-            convs.append(analyze_messages(rubric, smp.prompt, smp.response, scores, smp.rationale, reason, max_words=s.analysis_words))
+            convs.append(with_reference(
+                analyze_messages(rubric, smp.prompt, smp.response, scores, smp.rationale, reason, max_words=s.analysis_words),
+                getattr(smp, "reference", None)))
         gens = await self.llm.generate(convs, max_tokens=s.analysis_tokens, temperature=s.temperature)
         result.calls += sum(g.calls for g in gens)
         analysed: list[tuple[int, str]] = []
@@ -198,8 +246,7 @@ class MetaJudge:
         result.analyses = [t for _, t in analysed]
         if not analysed:
             return self._finish(result, start)
-        constraint = self._rubric_constraint() if self.llm.constraint_form is not None else None
-        refine = [refine_messages(rubric, a, s.limits, max_description_chars=s.max_description_chars) for _, a in analysed]
+        constraint, refine = self._refine_requests(rubric, samples, analysed)
         gens = await self.llm.generate(
             refine, max_tokens=constraint.max_tokens if constraint else 2048, temperature=s.temperature,
             constraints=[constraint] * len(refine) if constraint else None,
@@ -210,14 +257,147 @@ class MetaJudge:
                 self._fail(result, "refine", i, g.error, g.text)
                 continue
             try:
-                result.proposals.append(self.parse_proposal(g.text, rubric))
+                parse = self.parse_proposal if s.refine == "rubric" else self._parse_edit
+                result.proposals.append(parse(g.text, rubric))
             except ValueError as exc:
                 self._fail(result, "refine", i, f"invalid rubric: {exc}", g.text)
         if result.proposals:
-            merged = merge_rubrics(result.proposals, max_items=s.limits.max_items, task=rubric.task, context=rubric.context)
-            result.rubric = merged
-            result.changed = merged.content_hash != rubric.content_hash
+            await self._merge_and_gate(result, rubric, [samples[i] for i, _ in result.selected], initial)
         return self._finish(result, start)
+
+    def _refine_requests(self, rubric: Rubric, samples: Sequence[MetaSample], analysed: list[tuple[int, str]]):
+        """(constraint or None, one conversation per analysis) in the configured refine form."""
+        s = self.settings
+        can = self.llm.constraint_form is not None
+        if s.refine == "edit":
+            constraint = edit_constraint(rubric, s.limits, max_description_chars=s.max_description_chars,
+                                         max_new=s.max_new_items) if can else None
+            convs = [edit_messages(rubric, a, s.limits, max_description_chars=s.max_description_chars, max_new=s.max_new_items)
+                     for _, a in analysed]
+        else:
+            constraint = self._rubric_constraint() if can else None
+            convs = [refine_messages(rubric, a, s.limits, max_description_chars=s.max_description_chars) for _, a in analysed]
+        return constraint, [with_reference(c, getattr(samples[i], "reference", None)) for (i, _), c in zip(analysed, convs)]
+
+    def _parse_edit(self, text: str, rubric: Rubric) -> Rubric:
+        return read_edit(text, rubric, self.settings.limits)
+
+    # -- merge and quality gates ------------------------------------------------------------
+
+    async def _merge_and_gate(self, result: Evolution, rubric: Rubric, seen: list[MetaSample], initial: Rubric) -> None:
+        s, g = self.settings, self.settings.gates
+        proposals = list(result.proposals)
+        if g.enabled:
+            kept = []
+            for p in proposals:
+                fixed, notes = check_conservation(rubric, p, initial=initial, analyses=result.analyses, settings=g,
+                                                  max_items=s.limits.max_items)
+                self._note(result, notes)
+                if fixed is not None:
+                    kept.append(fixed)
+            proposals = kept
+            if not proposals:
+                return
+        merged = await self._mrm_merge(result, rubric, proposals, seen, initial) if s.mrm_merge else None
+        if merged is None:
+            merged = merge_rubrics(proposals, max_items=s.limits.max_items, task=rubric.task, context=rubric.context)
+            result.merged_by = "deterministic"
+        final = await self._gate(result, rubric, merged, seen, initial) if g.enabled else merged
+        if final is not None:
+            final = carry_over(rubric, final, overlap=g.match_overlap)
+            result.rubric = final
+            result.changed = final.content_hash != rubric.content_hash
+
+    async def _mrm_merge(self, result: Evolution, rubric: Rubric, proposals: list[Rubric], seen: list[MetaSample],
+                         initial: Rubric) -> Rubric | None:
+        """The MRM's merge of `proposals`, canonicalised; None (deterministic merge instead) when its
+        answer fails, is invalid, or fails conservation."""
+        s = self.settings
+        references = sorted({smp.reference for smp in seen if getattr(smp, "reference", None)})
+        messages = merge_messages(rubric, proposals, s.limits, max_description_chars=s.max_description_chars,
+                                  references=references[:4])
+        constraint = self._rubric_constraint() if self.llm.constraint_form is not None else None
+        gen = (await self.llm.generate([messages], max_tokens=constraint.max_tokens if constraint else 2048,
+                                       temperature=0.0, constraints=[constraint] if constraint else None))[0]
+        result.calls += gen.calls
+        if gen.error is not None:
+            self._fail(result, "merge", -1, gen.error, gen.text)
+            return None
+        try:
+            merged = self.parse_proposal(gen.text, rubric)
+        except ValueError as exc:
+            self._fail(result, "merge", -1, f"invalid rubric: {exc}", gen.text)
+            return None
+        merged = canonicalise(merged, rubric, max_items=s.limits.max_items, overlap=s.gates.match_overlap)
+        if s.gates.enabled:
+            fixed, notes = check_conservation(rubric, merged, initial=initial, analyses=result.analyses,
+                                              settings=s.gates, max_items=s.limits.max_items)
+            if fixed is None:
+                self._note(result, [GateRejection("merge", None, f"MRM merge {n.reason}; merged deterministically instead",
+                                                  "fallback") for n in notes])
+                return None
+            self._note(result, notes)
+            merged = fixed
+        result.merged_by = "mrm"
+        return merged
+
+    async def _gate(self, result: Evolution, rubric: Rubric, merged: Rubric, seen: list[MetaSample],
+                    initial: Rubric) -> Rubric | None:
+        """Conservation, relevance and discriminativeness of the merged rubric: the rubric to
+        install (refused items dropped, refused rewordings reverted), or None to keep `rubric`."""
+        s, g = self.settings, self.settings.gates
+        fixed, notes = check_conservation(rubric, merged, initial=initial, analyses=result.analyses, settings=g,
+                                          max_items=s.limits.max_items)
+        self._note(result, notes)
+        if fixed is None:
+            return None
+        items: list = list(fixed.items)
+        changes = changed_items(rubric, fixed, overlap=g.match_overlap)
+        # Deterministic part of relevance: a criterion quoting an analysed sample is about its content.
+        sources = [t for smp in seen for t in (smp.prompt, smp.response)]
+        kept_changes = []
+        for ni, oi in changes:
+            span = copied_span(f"{items[ni].title} {items[ni].description}", sources)
+            if span is None:
+                kept_changes.append((ni, oi))
+            else:
+                self._refuse(result, rubric, items, ni, oi, f"quotes an analysed sample ({span!r})")
+        changes = kept_changes
+        if g.relevance and changes:
+            verdicts, calls = await check_relevance(self.llm, rubric, [items[ni] for ni, _ in changes], g)
+            result.calls += calls
+            for (ni, oi), (ok, why) in zip(changes, verdicts):
+                if not ok:
+                    self._refuse(result, rubric, items, ni, oi, why)
+        new = [ni for ni, oi in changes if oi is None and items[ni] is not None]
+        if g.discriminativeness and self.scorer is not None and new:
+            notes, drop, calls = await check_discriminativeness(self.scorer, rubric, [items[ni] for ni in new], seen, g)
+            result.calls += calls
+            self._note(result, notes)
+            for d in drop:
+                items[new[d]] = None
+        kept = [it for it in items if it is not None]
+        if not kept:
+            return None
+        return canonicalise(Rubric(task=rubric.task, context=rubric.context, items=tuple(kept)), rubric,
+                            max_items=s.limits.max_items, overlap=g.match_overlap)
+
+    def _refuse(self, result: Evolution, rubric: Rubric, items: list, ni: int, oi: int | None, why: str) -> None:
+        """Relevance refused item `ni`: a new item is dropped; a reworded one gets its current
+        title and description back (a reweighting stands: points are bounded and not text)."""
+        if oi is None:
+            self._note(result, [GateRejection("relevance", items[ni].title, why)])
+            items[ni] = None
+            return
+        self._note(result, [GateRejection("relevance", items[ni].title, why, "reverted")])
+        old = rubric.items[oi]
+        items[ni] = RubricItem(old.title, old.description, items[ni].max_points, weight=old.weight, kind=old.kind)
+
+    def _note(self, result: Evolution, notes: list[GateRejection]) -> None:
+        for n in notes:
+            result.rejections.append(n)
+            log.warning("meta-judge step %d: %s gate %s %s: %s", result.step, n.gate, n.action,
+                        "the proposal" if n.item is None else repr(n.item), n.reason)
 
     def _fail(self, result: Evolution, stage: str, sample: int, error: str, text: str) -> None:
         result.failures.append(MetaFailure(stage, sample, error, text))
@@ -228,8 +408,8 @@ class MetaJudge:
         self.calls += result.calls
         result.seconds = time.perf_counter() - start
         if not result.changed:
-            log.warning("meta-judge step %d: %d valid proposals of %d samples; rubric %s kept",
-                        result.step, len(result.proposals), len(result.selected), result.parent_hash)
+            log.warning("meta-judge step %d: %d valid proposals of %d samples, %d gate refusals; rubric %s kept",
+                        result.step, len(result.proposals), len(result.selected), len(result.rejections), result.parent_hash)
         else:
             log.info("meta-judge step %d: rubric %s -> %s from %d proposals (%d items)", result.step,
                      result.parent_hash, result.rubric.content_hash, len(result.proposals), len(result.rubric.items))

@@ -46,7 +46,8 @@ def _fence(name: str, nonce: str, text: str) -> str:
 
 def _item_line(rubric: Rubric, i: int, *, describe: bool = False) -> str:
     item = rubric.items[i]
-    line = f"criterion {i + 1}, \"{item.title}\" (0-{item.max_points:g} points)"
+    kind = {"criterion": "", "pitfall": "; a pitfall: score how strongly the response shows it", "veto": "; must pass"}[item.kind]
+    line = f"criterion {i + 1}, \"{item.title}\" (0-{item.max_points:g} points{kind})"
     if describe and item.description:
         line += ": " + item.description.rstrip(".")
     return line

@@ -64,8 +64,9 @@ class Judgement:
 
     item_scores: one per rubric item, None where that item failed.
     item_status: ScoreStatus per item (OK, MISSING, MALFORMED, ...).
-    reward: sum(item_scores) / rubric.max_total in [0, 1], or None when any item failed, so
-        rewards keep their scale when the rubric changes size.
+    reward: rubric.aggregate(item_scores) (by default sum / rubric.max_total in [0, 1]; pitfall
+        items can take it below 0), or None when any item failed, so rewards keep their scale
+        when the rubric changes size.
     ok: reward is not None.
     mode: "<scoring>/<call mode>", e.g. "expected/all_items".
     calls: model calls spent (retries included); 0 for a cache hit.

@@ -1,6 +1,7 @@
 """Rubrics: the criteria a judge scores against, their versions on disk, merge and diff."""
 
 from .diff import diff_rubrics
+from .gates import GateRejection, GateSettings
 from .merge import merge_rubrics
 from .model import Rubric, RubricItem
 from .proposal import ProposalLimits, normalise_proposal
@@ -9,6 +10,8 @@ from .store import RubricNotFoundError, RubricStore, RubricStoreError, RubricVer
 from .text_key import normalise_text
 
 __all__ = [
+    "GateRejection",
+    "GateSettings",
     "ProposalLimits",
     "Rubric",
     "RubricItem",

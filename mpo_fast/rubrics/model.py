@@ -11,7 +11,7 @@ import hashlib
 import json
 import math
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 # The hash is a display and lookup key, not a security boundary: 16 hex chars = 64 bits, so a
 # collision among even a million versions has probability ~3e-8.
@@ -20,8 +20,13 @@ HASH_CHARS = 16
 # forms can never share a hash.
 CANONICAL_FORMAT = 1
 
-_ITEM_KEYS = ("title", "description", "max_points")
-_RUBRIC_KEYS = ("task", "context", "items")
+_ITEM_KEYS = ("title", "description", "max_points", "weight", "kind")
+_RUBRIC_KEYS = ("task", "context", "items", "aggregation")
+# criterion: points earned; pitfall: points lost (the judge scores how strongly the response shows
+# it); veto: a must-pass criterion that, under aggregation veto_min, caps the reward at 0 when
+# failed (scored below half its points), as Rubicon's and RaR's veto items do.
+ITEM_KINDS = ("criterion", "pitfall", "veto")
+AGGREGATIONS = ("sum", "weighted", "veto_min")
 
 
 def _check_text(value: Any, field: str, *, allow_empty: bool) -> str:
@@ -45,6 +50,9 @@ def _check_points(value: Any, field: str) -> float:
     return points
 
 
+_KIND_NOTE = {"criterion": "", "pitfall": "; pitfall, subtracted", "veto": "; must pass"}
+
+
 def _format_points(points: float) -> str:
     # 5.0 -> "5", 2.5 -> "2.5": judges are asked for integers, so integral points print as such.
     return f"{points:g}"
@@ -52,11 +60,19 @@ def _format_points(points: float) -> str:
 
 @dataclass(frozen=True)
 class RubricItem:
-    """One criterion: a short title, what earns its points, and the most points it can give."""
+    """One criterion: a short title, what earns its points, and the most points it can give.
+
+    weight: its share under aggregation "weighted" / "veto_min" (default 1).
+    kind: "criterion" (default), "pitfall" (its points are subtracted) or "veto" (see ITEM_KINDS).
+    Items with the defaults serialise exactly as before rubric items v2, so old files, hashes and
+    stored versions are unchanged.
+    """
 
     title: str
     description: str
     max_points: float
+    weight: float = 1.0
+    kind: str = "criterion"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "title", _check_text(self.title, "rubric item title", allow_empty=False))
@@ -65,9 +81,17 @@ class RubricItem:
             self, "description", _check_text(self.description, f"{label} description", allow_empty=True)
         )
         object.__setattr__(self, "max_points", _check_points(self.max_points, f"{label} max_points"))
+        object.__setattr__(self, "weight", _check_points(self.weight, f"{label} weight"))
+        if self.kind not in ITEM_KINDS:
+            raise ValueError(f"{label} kind is {self.kind!r}; use one of {list(ITEM_KINDS)}")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"title": self.title, "description": self.description, "max_points": self.max_points}
+        out: dict[str, Any] = {"title": self.title, "description": self.description, "max_points": self.max_points}
+        if self.weight != 1.0:
+            out["weight"] = self.weight
+        if self.kind != "criterion":
+            out["kind"] = self.kind
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, where: str = "rubric item") -> "RubricItem":
@@ -82,7 +106,8 @@ class RubricItem:
         if missing:
             raise ValueError(f"{where} is missing {missing}; every item needs a title and max_points")
         return cls(
-            title=data["title"], description=data.get("description", ""), max_points=data["max_points"]
+            title=data["title"], description=data.get("description", ""), max_points=data["max_points"],
+            weight=data.get("weight", 1.0), kind=data.get("kind", "criterion"),
         )
 
 
@@ -93,6 +118,7 @@ class Rubric:
     task: str
     context: str
     items: tuple[RubricItem, ...]
+    aggregation: str = "sum"  # sum | weighted | veto_min (see `aggregate`)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "task", _check_text(self.task, "rubric task", allow_empty=False))
@@ -112,11 +138,38 @@ class Rubric:
                     "use Rubric.from_dict for plain mappings"
                 )
         object.__setattr__(self, "items", items)
+        if self.aggregation not in AGGREGATIONS:
+            raise ValueError(f"rubric aggregation is {self.aggregation!r}; use one of {list(AGGREGATIONS)}")
+        if all(item.kind == "pitfall" for item in items):
+            raise ValueError(f"rubric for task {self.task!r} has only pitfall items; add at least one criterion")
 
     @property
     def max_total(self) -> float:
-        """Most points a response can earn: the denominator of the normalised reward."""
-        return math.fsum(item.max_points for item in self.items)
+        """Most points a response can earn (pitfalls give none): the denominator of the sum reward."""
+        return math.fsum(item.max_points for item in self.items if item.kind != "pitfall")
+
+    def aggregate(self, scores: Sequence[float]) -> float:
+        """The reward for one score per item.
+
+        sum: (points of criteria and vetoes - points of pitfalls) / max_total; in [0, 1] without
+            pitfalls (today's reward), down to -(pitfall points / max_total) with them.
+        weighted: the same with each item's score as a fraction of its points times its weight,
+            over the total weight of criteria and vetoes.
+        veto_min: weighted, then capped at 0 when any veto item scored below half its points.
+        """
+        if len(scores) != len(self.items):
+            raise ValueError(f"{len(scores)} scores for a rubric of {len(self.items)} items; pass one per item")
+        if self.aggregation == "sum":
+            signed = [(-s if it.kind == "pitfall" else s) for it, s in zip(self.items, scores)]
+            return math.fsum(signed) / self.max_total
+        total_weight = math.fsum(it.weight for it in self.items if it.kind != "pitfall")
+        signed = [(-1 if it.kind == "pitfall" else 1) * it.weight * s / it.max_points for it, s in zip(self.items, scores)]
+        reward = math.fsum(signed) / total_weight
+        if self.aggregation == "veto_min" and any(
+            it.kind == "veto" and s < it.max_points / 2 for it, s in zip(self.items, scores)
+        ):
+            reward = min(reward, 0.0)
+        return reward
 
     def canonical_json(self) -> str:
         """The one serialisation the hash is taken over (sorted keys, no whitespace, UTF-8 text)."""
@@ -136,15 +189,21 @@ class Rubric:
         """
         lines = []
         for i, item in enumerate(self.items, start=1):
-            head = f"{i}. **{item.title}** (0-{_format_points(item.max_points)} points)"
+            head = f"{i}. **{item.title}** (0-{_format_points(item.max_points)} points{_KIND_NOTE[item.kind]})"
             lines.append(f"{head}: {item.description}" if item.description else head)
         if with_total:
             lines.append("")
             lines.append(f"Maximum total: {_format_points(self.max_total)} points.")
+            if any(item.kind == "pitfall" for item in self.items):
+                lines.append("Pitfall items: score how strongly the response shows the flaw (0 = not at all); "
+                             "their points are subtracted.")
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"task": self.task, "context": self.context, "items": [item.to_dict() for item in self.items]}
+        out: dict[str, Any] = {"task": self.task, "context": self.context, "items": [item.to_dict() for item in self.items]}
+        if self.aggregation != "sum":
+            out["aggregation"] = self.aggregation
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, where: str = "rubric", task: str | None = None) -> "Rubric":
@@ -170,6 +229,7 @@ class Rubric:
         return cls(
             task=rubric_task,
             context=data.get("context", ""),
+            aggregation=data.get("aggregation", "sum"),
             items=tuple(
                 RubricItem.from_dict(item, where=f"{where} item {i}") for i, item in enumerate(items)
             ),

@@ -22,7 +22,7 @@ from ..judges import (
 )
 from ..judges import JudgeSettings as RMSettings
 from ..judges import MetaSettings as MRMSettings
-from ..rubrics import ProposalLimits, load_rubric
+from ..rubrics import GateSettings, ProposalLimits, load_rubric
 from ..tasks import get_task
 from .config import ConfigError, JudgeSettings, MetaSettings, MPOConfig
 from .model_loading import load_causal_lm, load_policy
@@ -188,16 +188,18 @@ def build_meta_judge(m: MetaSettings, config: MPOConfig, judge):
     if not m.enabled:
         return None
     settings = MRMSettings(num_samples=m.num_samples, analysis_tokens=m.max_new_tokens,
-                           limits=ProposalLimits(max_items=m.max_items) if m.max_items else ProposalLimits())
+                           limits=ProposalLimits(max_items=m.max_items) if m.max_items else ProposalLimits(),
+                           refine=m.refine, mrm_merge=m.merge == "mrm", gates=GateSettings(enabled=m.gates))
+    # The RM scores proposed items on the analysed samples (the discriminativeness gate).
     if m.backend == "judge":
-        return MetaJudge(judge.llm, settings)
+        return MetaJudge(judge.llm, settings, scorer=judge)
     if m.backend == "local":
         lm, tok = load_causal_lm(m.model, dtype=config.model.dtype, device=config.model.device)
         lm.eval().requires_grad_(False)
-        return MetaJudge(LocalLLM(lm, tok, name=m.model), settings)
+        return MetaJudge(LocalLLM(lm, tok, name=m.model), settings, scorer=judge)
     j = config.judge
     return MetaJudge(OpenAICompatibleLLM(_endpoint(m.base_url, m.model, m.api_key_env, j.concurrency, j.timeout_s,
-                                                   j.max_retries)), settings)
+                                                   j.max_retries)), settings, scorer=judge)
 
 
 def build_run(config: MPOConfig, *, policy=None) -> RunParts:

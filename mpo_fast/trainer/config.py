@@ -131,6 +131,11 @@ class MetaSettings:
     max_new_tokens: int = 256
     trigger_on_signals: bool = True  # reward-hacking signals can bring the MPO step forward
     min_steps_between: int = 2  # never evolve twice within this many steps
+    # rubric: the MRM writes a whole rubric (the paper); edit: it revises each item and adds a few
+    # (judges/meta_edit.py), which keeps small MRMs from replacing the rubric with nonsense.
+    refine: str = "rubric"
+    merge: str = "mrm"  # mrm: an MRM merge call (paper), canonicalised | deterministic: text matching only
+    gates: bool = True  # rubric quality gates (rubrics/gates.py, judges/meta_gates.py)
 
 
 @dataclass
@@ -149,7 +154,17 @@ class TrainSettings:
     clip_low: float = 0.2
     clip_high: float = 0.2
     kl_coef: float = 0.02  # KL to the reference model; 0 skips the reference pass entirely
-    kl_estimator: str = "k3"  # k1 | k2 | k3
+    kl_estimator: str = "k3"  # k1 | k2 | k3 (the loss term's estimator; kl_in=reward always uses k1 per token)
+    # loss: a KL term in the policy loss (k2/k3: k1 has zero expected gradient on-policy);
+    # reward: k1 per token subtracted from the reward before advantages, as the reference's PPO does.
+    kl_in: str = "loss"
+    # grpo: group-relative advantages per sequence | ppo: a value head, GAE and a clipped value loss
+    # (the paper's optimiser; KL always in the reward; serial schedule only for now)
+    algorithm: str = "grpo"
+    gamma: float = 1.0
+    lam: float = 0.95
+    vf_coef: float = 0.1  # TRL PPO's default
+    vf_clip: float = 0.2  # TRL PPO's cliprange_value
     loss_aggregation: str = "token_mean"  # token_mean | seq_mean_token_mean | seq_mean_token_sum
     advantage_mode: str = "grpo"  # grpo | dr_grpo | rloo
     advantage_eps: float = 1e-6
@@ -392,8 +407,12 @@ _CHOICES = {
     "judge.scoring": ("parse", "constrained", "expected"),
     "judge.call_mode": ("all_items", "per_item"),
     "meta.backend": ("judge", "local", "openai"),
+    "meta.refine": ("rubric", "edit"),
+    "meta.merge": ("mrm", "deterministic"),
     "train.lr_scheduler": ("cosine", "linear", "constant"),
     "train.kl_estimator": ("k1", "k2", "k3"),
+    "train.kl_in": ("loss", "reward"),
+    "train.algorithm": ("grpo", "ppo"),
     "train.loss_aggregation": ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum"),
     "train.advantage_mode": ("grpo", "dr_grpo", "rloo"),
 }
@@ -405,7 +424,7 @@ _POSITIVE_INT = (
 _NON_NEGATIVE = (
     "rollout.temperature", "rollout.missing_eos_penalty", "judge.temperature", "judge.max_retries",
     "train.warmup_steps", "train.weight_decay", "train.max_grad_norm", "train.clip_low", "train.clip_high",
-    "train.kl_coef", "train.advantage_eps", "log.save_steps", "meta.min_steps_between", "lora.dropout",
+    "train.kl_coef", "train.advantage_eps", "train.gamma", "train.lam", "train.vf_coef", "train.vf_clip", "log.save_steps", "meta.min_steps_between", "lora.dropout",
     "rollout.gpu_memory_utilization",
 )
 
@@ -474,6 +493,27 @@ def validate(config: MPOConfig) -> None:
         )
     if config.meta.backend == "openai" and not config.meta.base_url:
         raise ConfigError("meta.backend is 'openai' but meta.base_url is not set; set it, or use meta.backend=judge")
+    t = config.train
+    if t.kl_coef > 0 and t.kl_in == "loss" and t.kl_estimator == "k1":
+        raise ConfigError(
+            "train.kl_estimator is 'k1' with train.kl_in 'loss': as a loss term k1 = log(pi/pi_ref) has zero expected "
+            "gradient on-policy (its gradient is the score function, whose mean is 0), so it does not hold the policy "
+            "near the reference. Use kl_estimator: k3 (or k2) in the loss, or kl_in: reward to subtract k1 per token "
+            "from the reward as the reference's PPO does"
+        )
+    if not (0.0 <= t.gamma <= 1.0 and 0.0 <= t.lam <= 1.0):
+        raise ConfigError(f"train.gamma = {t.gamma}, train.lam = {t.lam}: both must be in [0, 1] (1.0 and 0.95 are usual)")
+    if t.algorithm == "ppo" and config.pipeline.mode != "serial":
+        raise ConfigError(f"train.algorithm is 'ppo' but pipeline.mode is {config.pipeline.mode!r}: PPO runs on the serial "
+                          "schedule only for now; use pipeline.mode: serial, or algorithm: grpo")
+    if t.algorithm == "ppo" and t.kl_coef > 0 and t.kl_in != "reward":
+        raise ConfigError("train.algorithm is 'ppo': its KL is per token in the reward (as the reference's PPO); "
+                          "set train.kl_in: reward (or kl_coef: 0)")
+    if t.kl_coef > 0 and t.kl_in == "reward" and config.pipeline.mode != "serial":
+        raise ConfigError(
+            f"train.kl_in is 'reward' but pipeline.mode is {config.pipeline.mode!r}: KL in the reward runs on the serial "
+            "schedule only for now; use pipeline.mode: serial, or kl_in: loss with kl_estimator: k3"
+        )
     _validate_rollout_and_pipeline(config)
 
 

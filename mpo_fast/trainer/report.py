@@ -32,6 +32,8 @@ class RunSummary:
     sample_before: dict[str, Any] | None
     sample_after: dict[str, Any] | None
     extra: dict[str, Any] = field(default_factory=dict)
+    # rubric quality-gate notes of every MPO step: {step, gate, item, reason, action}
+    gate_notes: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def judge_failure_rate(self) -> float:
@@ -77,6 +79,7 @@ def summarise_run(output_dir: str | os.PathLike[str], *, wall_seconds: float | N
             diff = store.diff(all_versions[0].version, all_versions[-1].version)
     failures = int(metrics[-1].get("judge_failed_total", 0)) if metrics else 0
     judgements = sum(int(r.get("samples", 0)) for r in metrics)
+    gate_notes = [{"step": r["step"], **n} for r in metrics for n in r.get("meta_gate_notes") or ()]
     first = curve[0][0] if curve else None
     last = curve[-1][0] if curve else None
     return RunSummary(
@@ -92,6 +95,7 @@ def summarise_run(output_dir: str | os.PathLike[str], *, wall_seconds: float | N
         sample_before=_best(samples, first) if first is not None else None,
         sample_after=_best(samples, last) if last is not None else None,
         extra=dict(extra),
+        gate_notes=gate_notes,
     )
 
 
@@ -136,6 +140,10 @@ def render_summary(summary: RunSummary, console=None) -> None:
     console.print(table)
     console.print(f"all steps: {sparkline([r for _, _, r in summary.reward_curve])}")
     console.print(Panel(summary.rubric_diff, title=f"Rubric diff (first -> latest of {summary.rubric_versions} versions)"))
+    if summary.gate_notes:
+        lines = [f"step {n['step']}: {n['gate']} {n['action']} " + ("the proposal" if n.get("item") is None else repr(n["item"]))
+                 + f": {n['reason']}" for n in summary.gate_notes]
+        console.print(Panel("\n".join(lines[-20:]), title=f"Rubric quality gates ({len(lines)} notes; last 20)"))
     console.print(Panel(_sample_text(summary.sample_before), title="Best sample of the first step"))
     console.print(Panel(_sample_text(summary.sample_after), title="Best sample of the last step"))
     rate = summary.judge_failure_rate

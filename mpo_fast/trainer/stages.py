@@ -8,6 +8,7 @@ so a group's advantages never mix two rubrics' scales.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 import statistics
 import time
@@ -222,6 +223,40 @@ class MetaSampleBuffer:
         self.samples = [meta_sample_from_dict(r) for r in rows]
 
 
+def item_score_stats(judgements: Sequence[Judgement]) -> dict[str, list[float | None]]:
+    """Per rubric item, the mean and population std of its scores over the step's successful
+    judgements (the items of the rubric that scored them, in order), so a run shows which
+    criteria move. Empty lists when nothing was scored."""
+    ok = [j.item_scores for j in judgements if j.ok]
+    k = len(ok[0]) if ok else 0
+    columns = [[float(s[i]) for s in ok if len(s) == k and s[i] is not None] for i in range(k)]
+    return {
+        "item_score_mean": [statistics.fmean(c) if c else None for c in columns],
+        "item_score_std": [statistics.pstdev(c) if c else None for c in columns],
+    }
+
+
+def _reference_of(example) -> str | None:
+    """What the MRM is shown as the correct answer: the reference (math, summaries), else the label
+    (ethics verdicts)."""
+    if example.reference is not None:
+        return example.reference
+    return None if example.label is None else str(example.label)
+
+
+def call_evolve(meta_judge, rubric, samples, step: int, initial):
+    """meta_judge.evolve(rubric, samples, step), passing the task's initial rubric as `initial=` where
+    that evolve takes it (MetaJudge's conservation gate needs it; a user's meta-judge may not)."""
+    evolve = meta_judge.evolve
+    try:
+        params = inspect.signature(evolve).parameters.values()
+    except (TypeError, ValueError):
+        params = ()
+    if any(p.name == "initial" or p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return evolve(rubric, samples, step, initial=initial)
+    return evolve(rubric, samples, step)
+
+
 def meta_samples(step: int, prompts: Sequence[PromptItem], rollouts: Sequence[Rollout], scored: ScoredRollouts,
                  rubric_hash: str) -> list[MetaSample]:
     out = []
@@ -232,6 +267,7 @@ def meta_samples(step: int, prompts: Sequence[PromptItem], rollouts: Sequence[Ro
                 prompt=prompts[r.prompt_index].text, response=r.text, item_scores=tuple(j.item_scores),
                 reward=float(scored.rewards[i]) if bool(scored.valid[i]) else None,
                 rationale=j.rationale, rubric_hash=rubric_hash, step=step,
+                reference=_reference_of(prompts[r.prompt_index].example),
             )
         )
     return out

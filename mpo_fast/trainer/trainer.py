@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import dataclasses
 import inspect
 import logging
 import shutil
@@ -36,8 +37,11 @@ from . import stages
 from .batch import build_train_batch
 from .config import MPOConfig
 from .data import PromptSampler, as_examples
+from .kl_reward import kl_penalised_rewards, sequence_k1
 from .logprobs import PolicyLogprobs, adapters_disabled, causal_lm_of, is_peft_model
 from .run_log import Progress, RunLog, read_jsonl
+from .ppo import ValueHead
+from .ppo_update import PPOUpdater
 from .update import PolicyUpdater, UpdateResult, advance_schedule
 
 log = logging.getLogger("mpo_fast")
@@ -181,6 +185,10 @@ class MPOTrainer:
         if not self.params:
             raise ValueError("the model has no trainable parameters; unfreeze some, or pass a peft_config")
         self.device = next(model.parameters()).device
+        self.value_head = None
+        if args.train.algorithm == "ppo":  # V(s_t) from the policy's last hidden state, trained with it
+            self.value_head = ValueHead(causal_lm_of(model).config.hidden_size).to(self.device)
+            self.params += list(self.value_head.parameters())
         self.ref_model = None
         if args.train.kl_coef > 0 and not is_peft_model(model):
             self.ref_model = copy.deepcopy(causal_lm_of(model)).eval().requires_grad_(False)
@@ -200,8 +208,10 @@ class MPOTrainer:
             _scheduler_name(t.lr_scheduler), self.optimizer,
             num_warmup_steps=t.warmup_steps * t.ppo_epochs, num_training_steps=t.max_steps * t.ppo_epochs,
         )
-        self.updater = PolicyUpdater(
-            self.logprobs, self.optimizer, self.scheduler, self.params, t,
+        updater = PPOUpdater if t.algorithm == "ppo" else PolicyUpdater
+        extra = (self.value_head,) if t.algorithm == "ppo" else ()
+        self.updater = updater(
+            self.logprobs, *extra, self.optimizer, self.scheduler, self.params, t,
             max_tokens=self.args.rollout.max_new_tokens, device=self.device,
         )
 
@@ -240,6 +250,8 @@ class MPOTrainer:
             "last_evolve_step": self.last_evolve_step,
             "meta_buffer": self.meta_buffer.state(),
             "signals": self.signals.state() if self.signals is not None else None,
+            # hidden_size + 1 floats: float32 -> JSON -> float32 is exact
+            "value_head": None if self.value_head is None else {k: v.tolist() for k, v in self.value_head.state_dict().items()},
         }
 
     def _load_state(self, state: dict[str, Any]) -> None:
@@ -257,6 +269,8 @@ class MPOTrainer:
         self.skipped_nonfinite = int(state["skipped_nonfinite"])
         self.last_evolve_step = int(state["last_evolve_step"])
         self.meta_buffer.load_state(state["meta_buffer"])
+        if self.value_head is not None and state.get("value_head") is not None:
+            self.value_head.load_state_dict({k: torch.tensor(v) for k, v in state["value_head"].items()})
         if self.signals is not None and state.get("signals") is not None:
             self.signals.load_state(state["signals"])
 
@@ -373,8 +387,15 @@ class MPOTrainer:
         judge_s = time.perf_counter() - t0
         self._count_failures(step, scored)
 
-        # advantages
-        adv = stages.advantages(scored, group_size=group, mode=args.train.advantage_mode, eps=args.train.advantage_eps)
+        # advantages (with KL in the reward, where configured: r - kl_coef * sum_t k1_t)
+        adv_input, kl_seq = scored, None
+        if args.train.kl_in == "reward" and args.train.kl_coef > 0 and args.train.algorithm == "grpo":
+            kl_seq = sequence_k1(self.logprobs, build_train_batch(rollouts, torch.zeros(len(rollouts)),
+                                                                  pad_token_id=self.tokenizer.pad_token_id),
+                                 micro_batch_size=args.train.micro_batch_size, device=self.device)
+            adv_input = dataclasses.replace(scored, rewards=kl_penalised_rewards(scored.rewards, scored.valid, kl_seq,
+                                                                                 args.train.kl_coef))
+        adv = stages.advantages(adv_input, group_size=group, mode=args.train.advantage_mode, eps=args.train.advantage_eps)
 
         # update: failed judgements are out of the batch (and so out of the loss mask)
         t0 = time.perf_counter()
@@ -384,7 +405,10 @@ class MPOTrainer:
             batch = build_train_batch(
                 [rollouts[i] for i in keep], adv.advantages[keep], pad_token_id=self.tokenizer.pad_token_id
             )
-            update = self.updater.update(batch)
+            if args.train.algorithm == "ppo":  # token advantages from the judge's scores (ppo_update.py)
+                update = self.updater.update(batch, scored.rewards[keep])
+            else:
+                update = self.updater.update(batch)
             self.policy_version += 1
             self.rollout.sync_weights(self.model, self.policy_version)
             self.skipped_nonfinite += update.skipped_steps
@@ -394,7 +418,11 @@ class MPOTrainer:
         update_s = time.perf_counter() - t0
 
         # samples + evolve
-        self._log_samples(step, prompts, rollouts, scored, adv.advantages, rubric_version)
+        logged_adv = adv.advantages
+        if args.train.algorithm == "ppo" and keep:  # the advantages PPO trained on (per-sample token mean)
+            logged_adv = torch.zeros(len(rollouts))
+            logged_adv[keep] = self.updater.sequence_advantages
+        self._log_samples(step, prompts, rollouts, scored, logged_adv, rubric_version)
         self.meta_buffer.add(stages.meta_samples(step, prompts, rollouts, scored, rubric_version.hash))
         signals = self.signals.observe(step, rollouts, scored) if self.signals is not None else []
         t0 = time.perf_counter()
@@ -402,10 +430,13 @@ class MPOTrainer:
         evolve_s = time.perf_counter() - t0
 
         step_s = time.perf_counter() - t_start
-        return self._metrics_row(
+        row = self._metrics_row(
             step, rubric_version, rollouts, scored, adv, update, signals, evolved,
             dict(generate_s=generate_s, judge_s=judge_s, update_s=update_s, evolve_s=evolve_s, step_seconds=step_s),
         )
+        if kl_seq is not None:  # per-sequence sum of k1 over the valid samples (what the reward lost / kl_coef)
+            row["kl_reward_mean"] = _mean([float(k) for k, v in zip(kl_seq.tolist(), scored.valid.tolist()) if v])
+        return row
 
     # -- stage helpers ----------------------------------------------------------------------
 
@@ -474,7 +505,7 @@ class MPOTrainer:
             return None
         current = self.rubric_version
         with self._judging():
-            result = self._run_async(self.meta_judge.evolve(current.rubric, samples, step))
+            result = self._run_async(stages.call_evolve(self.meta_judge, current.rubric, samples, step, self.initial_rubric))
         self.last_evolve_step = step
         self.meta_buffer.clear()
         self._last_evolution = result
@@ -532,6 +563,7 @@ class MPOTrainer:
             "generated_tokens_per_s": tokens / max(timings["generate_s"], 1e-9),
             "skipped_nonfinite_total": self.skipped_nonfinite,
             "peak_rss_mb": round(peak_rss_mb(), 1),  # whole process, since start (ru_maxrss)
+            **stages.item_score_stats(scored.judgements),
         }
         if update is not None:
             row.update(loss=update.loss, grad_norm=update.grad_norm, lr=update.lr, **update.metrics)
@@ -547,6 +579,9 @@ class MPOTrainer:
             "meta_calls": getattr(result, "calls", None),
             "meta_failures": len(getattr(result, "failures", ()) or ()),
             "meta_proposals": len(getattr(result, "proposals", ()) or ()),
+            # quality-gate refusals (rubrics/gates.py), each {gate, item, reason, action}
+            "meta_rejections": len([r for r in getattr(result, "rejections", ()) or () if r.action != "flagged"]),
+            "meta_gate_notes": [r.to_dict() for r in getattr(result, "rejections", ()) or ()],
         }
 
     # -- summary ----------------------------------------------------------------------------

@@ -91,7 +91,8 @@ class PolicyUpdater:
                 "records them (HFRollout(record_logprobs=True), vLLM) or train on-policy (pipeline.max_staleness=0)"
             )
         micros, weights = self._micro_batches(batch)
-        refs = [self.logprobs.reference(m) if s.kl_coef > 0 else None for m in micros]
+        kl_coef = s.kl_coef if s.kl_in == "loss" else 0.0  # kl_in=reward: the KL is already in the advantages
+        refs = [self.logprobs.reference(m) if kl_coef > 0 else None for m in micros]
         olds: list[torch.Tensor | None] = [None] * len(micros)
         if behaviour_old_logp:
             olds = [m.behaviour_logp for m in micros]
@@ -112,7 +113,7 @@ class PolicyUpdater:
                 old_logp = old if old is not None else logp.detach()
                 loss, loss_metrics = policy_loss(
                     logp, old_logp, m.advantages, m.completion_mask,
-                    ref_logp=ref, clip_low=s.clip_low, clip_high=s.clip_high, kl_coef=s.kl_coef,
+                    ref_logp=ref, clip_low=s.clip_low, clip_high=s.clip_high, kl_coef=kl_coef,
                     kl_estimator=s.kl_estimator, aggregation=s.loss_aggregation, max_tokens=self.max_tokens,
                 )
                 (loss * w).backward()

@@ -115,6 +115,8 @@ class TrainerStages:
             self.evolve = self._evolve_async  # type: ignore[method-assign]
         self.samples_log: list[dict] = []
         self._pending_row: dict | None = None
+        self._gate_notes: list[dict] = []  # quality-gate refusals of the meta-judge, for the next metrics row
+        self._notes_lock = threading.Lock()  # appended on the meta-judge's thread, taken on the trainer's
         self.progress = None  # a run_log.Progress, set by train_pipelined
         self._signals: list[str] = []  # reward-hacking signals of the last update
         self._rubric_hash = getattr(trainer.rubric_version, "hash", None)
@@ -312,6 +314,8 @@ class TrainerStages:
             raise TypeError(f"meta_judge.evolve returned {type(result).__name__}; it must return a Rubric, an object with "
                             "a .rubric attribute, or None")
         analyses = tuple(getattr(result, "analyses", ()) or ())
+        with self._notes_lock:
+            self._gate_notes += [{"step": step, **r.to_dict()} for r in getattr(result, "rejections", ()) or ()]
         new = self.trainer.store.save(rubric, parent=current.version, step=step, analyses=analyses)
         return None if new.hash == current.hash else new
 
@@ -320,14 +324,16 @@ class TrainerStages:
         metas = self._meta_samples(samples)
         if not metas or self.trainer.meta_judge is None:
             return None
-        return self._store(current, self.trainer.meta_judge.evolve(current.rubric, metas, step + 1), step + 1)
+        return self._store(current, trainer_stages.call_evolve(self.trainer.meta_judge, current.rubric, metas, step + 1,
+                                                              self.trainer.initial_rubric), step + 1)
 
     async def _evolve_async(self, current, samples: list[ScoredSample], step: int):
         self.trainer.last_evolve_step = step + 1
         metas = self._meta_samples(samples)
         if not metas or self.trainer.meta_judge is None:
             return None
-        return self._store(current, await self.trainer.meta_judge.evolve(current.rubric, metas, step + 1), step + 1)
+        return self._store(current, await trainer_stages.call_evolve(self.trainer.meta_judge, current.rubric, metas, step + 1,
+                                                                self.trainer.initial_rubric), step + 1)
 
     async def aclose_judge(self) -> None:
         """Close the judge's and meta-judge's HTTP clients on the loop that opened them."""
@@ -338,6 +344,11 @@ class TrainerStages:
 
     # -- logging ------------------------------------------------------------------------------
     def _metrics_row(self, batch: ScoredBatch, metrics: dict) -> dict:
+        with self._notes_lock:
+            notes, self._gate_notes = self._gate_notes, []
+        if notes:
+            metrics = {**metrics, "meta_gate_notes": notes,
+                       "meta_rejections": sum(1 for n in notes if n["action"] != "flagged")}
         rewards = [s.reward for s in batch.samples if s.reward is not None]
         lengths = [len(s.rollout.completion_ids) for s in batch.samples]
         return {
@@ -350,6 +361,7 @@ class TrainerStages:
             "eos_fraction": sum(s.rollout.finished for s in batch.samples) / len(batch.samples),
             "wall_s": time.perf_counter() - self._t0, "pipeline": self.settings.mode, "signals": list(self._signals),
             **_judge_metrics(batch),
+            **trainer_stages.item_score_stats([s.judgement.judgement for s in batch.samples if s.judgement is not None]),
             **metrics,
         }
 

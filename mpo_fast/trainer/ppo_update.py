@@ -1,0 +1,116 @@
+"""The PPO update stage (`train.algorithm: ppo`): a value head on the policy, GAE, clipped losses.
+
+One step: (1) without gradient, the sampling policy's log-probs and values and the reference's
+log-probs for every completion (one forward each, micro-batched); (2) token rewards (score on the
+last token, -kl_coef * k1 per token, as the reference's PPO), GAE and batch-wide whitening
+(ppo.py); (3) ppo_epochs passes of clipped policy loss (ops.policy_loss with token advantages, no
+KL term: it is in the reward) + vf_coef * clipped value loss, with gradient accumulation,
+clipping, skip-on-non-finite and one scheduler step per optimizer step as in update.py.
+"""
+from __future__ import annotations
+
+import logging
+import math
+
+import torch
+
+from ..ops.policy_loss import policy_loss
+from ..ops.selective_log_softmax import selective_log_softmax
+from .batch import TrainBatch
+from .config import TrainSettings
+from .logprobs import PolicyLogprobs, causal_lm_of
+from .ppo import ValueHead, gae, token_rewards, value_loss, whiten
+from .update import UpdateResult, advance_schedule
+
+log = logging.getLogger("mpo_fast")
+
+
+class PPOUpdater:
+    def __init__(self, logprobs: PolicyLogprobs, value_head: ValueHead, optimizer, scheduler, params, settings: TrainSettings,
+                 *, max_tokens: int, device: torch.device):
+        self.logprobs = logprobs
+        self.value_head = value_head
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+        self.params = params
+        self.settings = settings
+        self.max_tokens = max_tokens
+        self.device = device
+
+    def _forward(self, m: TrainBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """(log-probs [B, T], values [B, T]) of the policy, 0 outside the completion mask; V at the
+        position that predicts each completion token (the state before it)."""
+        lm = causal_lm_of(self.logprobs.model)
+        out = lm(input_ids=m.input_ids, attention_mask=m.attention_mask, use_cache=False, output_hidden_states=True)
+        ids = m.completion_ids[m.rows, m.slots]
+        flat = selective_log_softmax(out.logits[m.rows, m.cols], ids, temperature=self.logprobs.temperature)
+        values = self.value_head(out.hidden_states[-1][m.rows, m.cols])
+        shape = m.completion_mask.shape
+        logp = torch.zeros(shape, dtype=torch.float32, device=flat.device).index_put((m.rows, m.slots), flat.float())
+        v = torch.zeros(shape, dtype=torch.float32, device=flat.device).index_put((m.rows, m.slots), values.float())
+        return logp, v
+
+    def update(self, batch: TrainBatch, scores: torch.Tensor) -> UpdateResult:
+        s = self.settings
+        model = self.logprobs.model
+        lr = float(self.optimizer.param_groups[0]["lr"])
+        size = s.micro_batch_size
+        micros = [batch.select(list(range(i, min(i + size, batch.size)))).to(self.device) for i in range(0, batch.size, size)]
+        chunks = [scores[i:i + size].to(self.device) for i in range(0, batch.size, size)]
+        model.eval()
+        olds, advs, rets = [], [], []
+        kl_sum, kl_tokens = 0.0, 0
+        with torch.no_grad():
+            for m, sc in zip(micros, chunks):
+                logp, values = self._forward(m)
+                k1 = None
+                if s.kl_coef > 0:
+                    k1 = (logp - self.logprobs.reference(m)) * m.completion_mask
+                    kl_sum += float(k1.sum())
+                    kl_tokens += int(m.completion_mask.sum())
+                rewards = token_rewards(sc, m.completion_mask, k1, s.kl_coef)
+                adv, ret = gae(rewards, values, m.completion_mask, gamma=s.gamma, lam=s.lam)
+                olds.append((logp, values))
+                advs.append(adv)
+                rets.append(ret)
+        # whitening over the whole batch's tokens, not per micro-batch
+        flat = torch.cat([a[m.completion_mask] for a, m in zip(advs, micros)])
+        mean, var = flat.mean(), flat.var(unbiased=False)
+        advs = [torch.where(m.completion_mask, (a - mean) * torch.rsqrt(var + 1e-8), torch.zeros_like(a))
+                for a, m in zip(advs, micros)]
+        # per sample, the mean of its token advantages: what samples.jsonl shows as its advantage
+        self.sequence_advantages = torch.cat([(a.sum(-1) / m.completion_mask.sum(-1).clamp(min=1)).cpu()
+                                              for a, m in zip(advs, micros)])
+        model.train()
+        total = max(batch.num_tokens, 1)
+        weights = [m.num_tokens / total for m in micros]
+        loss_total = vf_total = 0.0
+        clip_frac = 0.0
+        skipped = 0
+        grad_norm = 0.0
+        for _ in range(s.ppo_epochs):
+            for m, w, (old_logp, old_v), adv, ret in zip(micros, weights, olds, advs, rets):
+                logp, v = self._forward(m)
+                pl, metrics = policy_loss(logp, old_logp, adv, m.completion_mask, clip_low=s.clip_low, clip_high=s.clip_high,
+                                          aggregation="token_mean", max_tokens=self.max_tokens)
+                vl = value_loss(v, old_v, ret, m.completion_mask, clip=s.vf_clip)
+                loss = pl + s.vf_coef * vl
+                (loss * w).backward()
+                loss_total += float(loss.detach()) * w / s.ppo_epochs
+                vf_total += float(vl.detach()) * w / s.ppo_epochs
+                clip_frac += float(metrics["clip_fraction"]) * w / s.ppo_epochs
+            norm = torch.nn.utils.clip_grad_norm_(self.params, s.max_grad_norm if s.max_grad_norm > 0 else math.inf)
+            grad_norm = float(norm)
+            if math.isfinite(grad_norm):
+                self.optimizer.step()
+            else:
+                skipped += 1
+                log.warning("non-finite gradient norm (%s): optimizer step skipped, gradients dropped", grad_norm)
+            self.optimizer.zero_grad(set_to_none=True)
+            advance_schedule(self.scheduler)
+        returns_mean = float(torch.cat([r[m.completion_mask] for r, m in zip(rets, micros)]).mean())
+        return UpdateResult(
+            loss=loss_total, grad_norm=grad_norm, skipped_steps=skipped, optimizer_steps=s.ppo_epochs, lr=lr,
+            metrics={"value_loss": vf_total, "clip_fraction": clip_frac, "returns_mean": returns_mean,
+                     "kl": kl_sum / kl_tokens if kl_tokens else 0.0},
+        )
