@@ -22,7 +22,6 @@ from __future__ import annotations
 import base64
 import copy
 import datetime
-import json
 import logging
 import os
 from dataclasses import dataclass
@@ -338,24 +337,6 @@ def _decode_rng(entry: dict[str, Any]) -> tuple[dict[str, Any], dict[str, torch.
     return entry["json"], tensors
 
 
-def checkpoint_world_size(path: Path) -> int:
-    try:
-        state = json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ckpt.CheckpointError(f"{path}/trainer_state.json is unreadable ({exc}); resume from an earlier checkpoint") from exc
-    return int(state.get("world_size", 1))
-
-
-def require_world_size(path: Path, world_size: int) -> None:
-    needed = checkpoint_world_size(path)
-    if needed != world_size:
-        raise ckpt.CheckpointError(
-            f"{path} was written by a run of world size {needed}, this run has {world_size}: resume it with "
-            f"{needed} processes (torchrun --nproc-per-node={needed} ... resume=true), or start a new run "
-            "(per-rank RNG streams and data shares would not match)"
-        )
-
-
 # -- the trainer ----------------------------------------------------------------------------------
 
 
@@ -408,8 +389,9 @@ def make_distributed_trainer_class():
             state = None
             if resume_step is not None:
                 path = ckpt.checkpoints_dir(self.output_dir) / f"step-{resume_step:06d}"
-                require_world_size(path, ctx.world_size)  # before any weight is read: every rank stops at once
-                state = ckpt.load_checkpoint(path, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler)
+                # Refused before any weight is read if the world size differs: every rank stops at once.
+                state = ckpt.load_checkpoint(path, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
+                                             world_size=ctx.world_size)
                 self.last_checkpoint = path
                 if ctx.is_main:
                     self._load_state(state)

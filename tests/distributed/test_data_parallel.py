@@ -1,0 +1,94 @@
+"""Data-parallel MPO on 2 CPU processes (gloo): the ranks stay bit-identical, 2 ranks x B equal
+1 process x 2B, rank 0's rubric is the one every rank scores with, resume is exact, a failing rank
+stops both. Every collective has a 60 s timeout and every launch a hard deadline."""
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+from mpo_fast.trainer.run_log import read_jsonl
+from tests.distributed import workers
+from tests.distributed.launch import COLLECTIVE_TIMEOUT_S, all_ok, run_ranks
+
+pytestmark = pytest.mark.slow  # each launch starts 2 Python processes (~15-30 s on 2 shared cores)
+
+
+def test_ranks_stay_bit_identical_and_score_with_rank0s_rubric(tmp_path):
+    cfg = {"rollout": {"prompts_per_step": 4}, "meta": {"interval": 1, "min_steps_between": 1},
+           "train": {"max_steps": 3, "kl_coef": 0.05}}
+    r0, r1 = all_ok(run_ranks(workers.steps_stay_identical, 2, tmp_path / "ranks", str(tmp_path), cfg))
+    assert r0 == r1
+    digests = [pair for pair in r0["digests"]]
+    assert len(digests) == 3 and all(a == b for a, b in digests)  # bit-identical after every step
+    assert len({a for a, _ in digests}) == 3  # and the parameters did move every step
+    for (v0, h0, recomputed0), (v1, h1, recomputed1) in r0["rubrics"]:
+        assert (v0, h0) == (v1, h1) and h0 == recomputed0 == recomputed1
+    versions = [pair[0][0] for pair in r0["rubrics"]]
+    assert versions == [2, 3, 3]  # a real MetaJudge refined at steps 1 and 2 (not at the last step)
+
+    run = tmp_path / "run"
+    rows = read_jsonl(run / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2, 3]  # one file, one row per step: only rank 0 wrote
+    assert all(r["world_size"] == 2 and r["samples"] == 16 for r in rows)  # reduced over both ranks' 8
+    assert [r["rubric_version"] for r in rows] == [1, 2, 3]  # a new rubric scores from the next step on
+    samples = read_jsonl(run / "samples.jsonl")
+    assert len(samples) == 48
+    for step in (1, 2, 3):
+        rows_of_step = [s for s in samples if s["step"] == step]
+        assert len({s["prompt_id"] for s in rows_of_step}) == 4  # both ranks' shares, gathered
+        assert {s["rubric_version"] for s in rows_of_step} == {rows[step - 1]["rubric_version"]}
+    assert not list(run.glob("*rank1*"))
+
+
+def test_two_ranks_of_batch_b_equal_one_process_of_batch_2b(tmp_path):
+    cfg = {"rollout": {"prompts_per_step": 4}, "train": {"max_steps": 2, "kl_coef": 0.05, "micro_batch_size": 3},
+           "log": {"save_steps": 0}}
+    r0, r1 = all_ok(run_ranks(workers.train_and_return_weights, 2, tmp_path / "ranks", str(tmp_path / "dp"), cfg))
+    from tests.trainer.fakes import AppendingMetaJudge
+
+    torch.set_num_threads(1)
+    single = workers.make_trainer(tmp_path / "one", scripted=True, meta_judge=AppendingMetaJudge(), **cfg)
+    single.train()
+    one = workers.trained_weights(single)
+    start = workers.trained_weights(workers.make_trainer(tmp_path / "init", scripted=True, **cfg))
+    moved = 0
+    for name, w in one.items():
+        assert torch.equal(r0["weights"][name], r1["weights"][name]), name
+        torch.testing.assert_close(r0["weights"][name], w, rtol=1e-5, atol=1e-6, msg=name)
+        moved += int(not torch.equal(w, start[name]))
+    assert moved == len(one)  # every parameter trained, so the comparison means something
+
+
+def test_resume_is_exact_and_a_failing_rank_stops_both(tmp_path):
+    cfg = {"rollout": {"prompts_per_step": 2}, "meta": {"interval": 2, "min_steps_between": 1},
+           "train": {"max_steps": 4}, "log": {"save_steps": 2, "save_total_limit": None}}
+    full = all_ok(run_ranks(workers.train_and_return_weights, 2, tmp_path / "a", str(tmp_path / "full"), cfg, False))
+
+    # Rank 1's judge dies at its 3rd call (step 3): both ranks must stop within the collective
+    # timeout, with the step-2 checkpoint intact and no step-3/4 checkpoint.
+    started = time.monotonic()
+    crashed = run_ranks(workers.train_and_return_weights, 2, tmp_path / "b", str(tmp_path / "cut"), cfg, False, 1, 3,
+                        timeout_s=COLLECTIVE_TIMEOUT_S + 120)
+    assert time.monotonic() - started < COLLECTIVE_TIMEOUT_S + 60
+    assert [status for status, _, _ in crashed] == ["error", "error"] and all(code != 0 for *_, code in crashed)
+    assert "injected crash on judge call 3" in crashed[1][1]
+    checkpoints = sorted(p.name for p in (tmp_path / "cut" / "run" / "checkpoints").iterdir())
+    assert checkpoints == ["step-000002"]
+
+    resumed = all_ok(run_ranks(workers.train_and_return_weights, 2, tmp_path / "c", str(tmp_path / "cut"),
+                               {**cfg, "resume": True}, False))
+    for name, w in full[0]["weights"].items():
+        assert torch.equal(resumed[0]["weights"][name], w), name  # exact: weights, RNG streams, sampler, rubric
+    assert resumed[0]["rubric"] == full[0]["rubric"]
+    full_rows = read_jsonl(tmp_path / "full" / "run" / "metrics.jsonl")
+    resumed_rows = read_jsonl(tmp_path / "cut" / "run" / "metrics.jsonl")
+    assert [r["reward_mean"] for r in resumed_rows] == [r["reward_mean"] for r in full_rows]
+
+    # One process cannot continue a 2-rank checkpoint: it says which world size it needs.
+    from mpo_fast.trainer import CheckpointError
+
+    single = workers.make_trainer(tmp_path / "cut", scripted=False, **{**cfg, "resume": True})
+    with pytest.raises(CheckpointError, match="world size 2.*--nproc-per-node=2"):
+        single.train()
