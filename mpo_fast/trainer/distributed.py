@@ -263,6 +263,31 @@ class DataParallelUpdater(PolicyUpdater):
         return result
 
 
+class MainRankWeightSync:
+    """A remote rollout server is shared by every rank: rank 0 alone pushes each update's adapter
+    (the ranks hold the same weights), and no rank generates before the push is done."""
+
+    def __init__(self, rollout, ctx: DistContext) -> None:
+        self.rollout = rollout
+        self.ctx = ctx
+
+    def generate(self, *args, **kwargs):
+        return self.rollout.generate(*args, **kwargs)
+
+    def sync_weights(self, model, version: int) -> None:
+        if self.ctx.is_main:
+            self.rollout.sync_weights(model, version)
+        else:
+            self.rollout.version = version  # rollouts are stamped with the version they come from
+        dist.barrier()
+
+    def close(self) -> None:
+        self.rollout.close()
+
+    def __getattr__(self, name):
+        return getattr(self.rollout, name)
+
+
 class MainRankRunLog:
     """metrics.jsonl and samples.jsonl written by rank 0 only; samples gathered from every rank
     (in rank order: the order of one process running the whole global batch)."""
@@ -353,6 +378,9 @@ def make_distributed_trainer_class():
             self.dist = ctx
             args = copy.deepcopy(args)
             resolve_mode(args.train.distributed, lora=args.lora.enabled)
+            if args.rollout.backend == "vllm":
+                raise ValueError("rollout.backend=vllm is not supported under torchrun yet (one engine per rank needs "
+                                 "vLLM's external launcher); use rollout.backend=remote with vLLM servers, or hf")
             if args.pipeline.mode != "serial":
                 raise ValueError("pipeline.mode=overlapped runs in one process; with torchrun use pipeline.mode=serial")
             shard_range(args.rollout.prompts_per_step, ctx.rank, ctx.world_size)  # fails fast on an uneven split
@@ -368,6 +396,8 @@ def make_distributed_trainer_class():
             self.updater = DataParallelUpdater(u.logprobs, u.optimizer, u.scheduler, u.params, u.settings,
                                                max_tokens=u.max_tokens, device=u.device, ctx=ctx)
             self.meta_buffer = GatheredMetaBuffer(self.meta_buffer.capacity, ctx)
+            if args.rollout.backend == "remote":
+                self.rollout = MainRankWeightSync(self.rollout, ctx)
 
         # -- run files and state ------------------------------------------------------------
 
