@@ -8,6 +8,7 @@ import time
 import pytest
 import torch
 
+from mpo_fast.trainer.data import PromptSampler
 from mpo_fast.trainer.run_log import read_jsonl
 from tests.distributed import workers
 from tests.distributed.launch import COLLECTIVE_TIMEOUT_S, all_ok, run_ranks
@@ -45,12 +46,28 @@ def test_ranks_stay_bit_identical_and_score_with_rank0s_rubric(tmp_path):
 def test_two_ranks_of_batch_b_equal_one_process_of_batch_2b(tmp_path):
     cfg = {"rollout": {"prompts_per_step": 4}, "train": {"max_steps": 2, "kl_coef": 0.05, "micro_batch_size": 3},
            "log": {"save_steps": 0}}
-    r0, r1 = all_ok(run_ranks(workers.train_and_return_weights, 2, tmp_path / "ranks", str(tmp_path / "dp"), cfg))
-    from tests.trainer.fakes import AppendingMetaJudge
+    cfg["judge"] = {"max_failure_rate": 0.9}
+    # Every judgement of rank 1's share of step 1 fails: rank 1 has no row to train on and must
+    # still join the gradient all-reduce (with exact zeros) while rank 0 trains on its rows.
+    step1 = PromptSampler(len(workers.PROMPTS8), seed=0).next(4)
+    failing = [workers.PROMPTS8[i] for i in step1[2:]]
+    r0, r1 = all_ok(run_ranks(workers.train_and_return_weights, 2, tmp_path / "ranks", str(tmp_path / "dp"), cfg,
+                              True, None, None, failing))
+    from tests.trainer.fakes import AppendingMetaJudge, SyntheticJudge
 
     torch.set_num_threads(1)
-    single = workers.make_trainer(tmp_path / "one", scripted=True, meta_judge=AppendingMetaJudge(), **cfg)
+    single = workers.make_trainer(tmp_path / "one", scripted=True, meta_judge=AppendingMetaJudge(),
+                                  rm=SyntheticJudge(fail_when=workers.failing(failing)), **cfg)
     single.train()
+    # Failed judgements are masked and counted the same way: summed over ranks = one process's count.
+    dp_rows = read_jsonl(tmp_path / "dp" / "run" / "metrics.jsonl")
+    one_rows = read_jsonl(tmp_path / "one" / "run" / "metrics.jsonl")
+    keys = ("samples", "valid_samples", "judge_failed", "judge_failed_total", "degenerate_groups", "response_length_mean")
+    assert [[r[k] for k in keys] for r in dp_rows] == [[r[k] for k in keys] for r in one_rows]
+    assert one_rows[0]["judge_failed"] >= 8 and one_rows[0]["valid_samples"] > 0  # rank 1's 8 samples all masked
+    for a, b in zip(dp_rows, one_rows):
+        assert a["reward_mean"] == pytest.approx(b["reward_mean"], abs=1e-6)
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4, abs=1e-6)
     one = workers.trained_weights(single)
     start = workers.trained_weights(workers.make_trainer(tmp_path / "init", scripted=True, **cfg))
     moved = 0

@@ -111,10 +111,20 @@ def steps_stay_identical(rank, world, tmp, cfg):
     return {"digests": digests, "rubrics": hashes}
 
 
-def train_and_return_weights(rank, world, tmp, cfg, scripted=True, crash_rank=None, crash_on_call=None):
+def failing(prompts: list[str]):
+    """Judgements that fail for every response to `prompts` and about a quarter of the others,
+    decided by the text alone, so one process and N ranks mask the same samples."""
+    def fail_when(call, index, request) -> bool:
+        return request.prompt in prompts or sum(map(ord, request.response)) % 4 == 0
+
+    return fail_when
+
+
+def train_and_return_weights(rank, world, tmp, cfg, scripted=True, crash_rank=None, crash_on_call=None, fail=None):
     from tests.trainer.fakes import AppendingMetaJudge
 
-    rm = SyntheticJudge(crash_on_call=crash_on_call if rank == crash_rank else None)
+    rm = SyntheticJudge(crash_on_call=crash_on_call if rank == crash_rank else None,
+                        fail_when=failing(fail) if fail is not None else None)
     trainer = make_trainer(Path(tmp), scripted=scripted, world=world, rm=rm, meta_judge=AppendingMetaJudge(), **cfg)
     result = trainer.train()
     trainer.close()

@@ -25,6 +25,7 @@ def _requests(n, tag):
     return [JudgeRequest("Write about rain.", f"Rain {tag}-{i} falls on the quiet roofs.", RUBRIC) for i in range(n)]
 
 
+@pytest.mark.slow  # two judge servers in threads
 def test_one_endpoint_down_at_start_and_one_killed_mid_run_lose_no_judgement(caplog):
     dead = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
     survivor, victim = JudgeServer(LATENCY).start(), JudgeServer(LATENCY).start()

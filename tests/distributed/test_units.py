@@ -1,0 +1,61 @@
+"""The single-process parts of the data-parallel trainer: sharding, modes, config, refusals."""
+from __future__ import annotations
+
+import pytest
+
+from mpo_fast.trainer import MPOConfig
+from mpo_fast.trainer.config import ConfigError
+from mpo_fast.trainer.data import PromptSampler
+from mpo_fast.trainer.distributed import (
+    DistContext,
+    DistributedError,
+    ShardedSampler,
+    current,
+    init_distributed,
+    resolve_mode,
+    shard_range,
+)
+
+
+def test_shards_are_contiguous_whole_prompts_and_cover_the_global_list():
+    contexts = [DistContext(rank=r, world_size=3, local_rank=r, backend="gloo") for r in range(3)]
+    samplers = [ShardedSampler(PromptSampler(10, seed=7), c) for c in contexts]
+    reference = PromptSampler(10, seed=7)
+    for _ in range(4):  # across an epoch boundary too
+        shares = [s.next(6) for s in samplers]
+        assert [len(x) for x in shares] == [2, 2, 2]
+        assert shares[0] + shares[1] + shares[2] == reference.next(6)  # rank order = one process's order
+    assert all(s.state_dict() == reference.state_dict() for s in samplers)  # one data position on every rank
+    with pytest.raises(ValueError, match="does not divide over 4 ranks; use a multiple of 4"):
+        shard_range(6, 0, 4)
+
+
+def test_modes_and_config():
+    assert resolve_mode("auto", lora=True) == "ddp" and resolve_mode("ddp", lora=False) == "ddp"
+    with pytest.raises(ValueError, match="fsdp2 is not available"):
+        resolve_mode("fsdp2", lora=False)
+    with pytest.raises(ConfigError, match="train.distributed"):
+        MPOConfig.from_dict({"train": {"distributed": "zero3"}})
+    config = MPOConfig.from_dict({"lora": {"enabled": False},
+                                  "judge": {"backend": "openai", "model": "m", "base_url": ["http://a/v1", "http://b/v1"]}})
+    assert config.judge.base_url == ["http://a/v1", "http://b/v1"]
+    assert MPOConfig.from_dict({"judge": {"base_url": "http://a/v1"}}).judge.base_url == "http://a/v1"
+
+
+def test_single_process_needs_no_process_group(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert init_distributed(5.0) is None and current() is None
+    from mpo_fast.trainer.distributed import make_distributed_trainer_class
+
+    with pytest.raises(DistributedError, match="init_distributed"):
+        make_distributed_trainer_class()(None)
+
+
+def test_cli_override_gives_a_judge_pool():
+    from mpo_fast.trainer.config import apply_override
+
+    data = {}
+    apply_override(data, "judge.base_url=[http://a/v1,http://b/v1]")
+    data.setdefault("lora", {})["enabled"] = False
+    data["judge"].update(backend="openai", model="m")
+    assert MPOConfig.from_dict(data).judge.base_url == ["http://a/v1", "http://b/v1"]
