@@ -158,8 +158,15 @@ def run_on_main(ctx: DistContext, fn: Callable[[], Any], what: str) -> Any:
     return payload[0]
 
 
-def all_reduce_sum(values: Sequence[float], device: torch.device | str = "cpu") -> list[float]:
-    t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=device)
+def comm_device() -> torch.device:
+    """Where small collective tensors live: NCCL reduces GPU tensors only, gloo CPU ones."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def all_reduce_sum(values: Sequence[float]) -> list[float]:
+    t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=comm_device())
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t.tolist()
 
@@ -254,7 +261,8 @@ class DataParallelUpdater(PolicyUpdater):
         keys = ["loss", *_MEAN_METRICS]
         local = [result.loss, *[result.metrics[k] for k in _MEAN_METRICS]]
         summed = all_reduce_sum(local)
-        extremes = torch.tensor([-result.metrics["ratio_min"], result.metrics["ratio_max"]], dtype=torch.float64)
+        extremes = torch.tensor([-result.metrics["ratio_min"], result.metrics["ratio_max"]], dtype=torch.float64,
+                                device=comm_device())
         dist.all_reduce(extremes, op=dist.ReduceOp.MAX)
         result.loss = summed[0]
         for key, value in zip(keys[1:], summed[1:]):

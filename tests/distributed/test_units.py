@@ -59,3 +59,21 @@ def test_cli_override_gives_a_judge_pool():
     data.setdefault("lora", {})["enabled"] = False
     data["judge"].update(backend="openai", model="m")
     assert MPOConfig.from_dict(data).judge.base_url == ["http://a/v1", "http://b/v1"]
+
+
+def test_a_rubric_whose_hash_does_not_match_is_refused():
+    import dataclasses
+
+    from mpo_fast.rubrics import Rubric, RubricItem, RubricStore
+    from mpo_fast.trainer.distributed import checked_rubric
+
+    ctx = DistContext(rank=1, world_size=2, local_rank=1, backend="gloo")
+    rubric = Rubric(task="essay", context="", items=(RubricItem("Clarity", "Clear prose.", 5),))
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        version = RubricStore(tmp).save(rubric, step=0, analyses=())
+    assert checked_rubric(version, ctx) is version
+    other = Rubric(task="essay", context="", items=(RubricItem("Clarity", "Clear prose!", 5),))
+    with pytest.raises(DistributedError, match="rank 1: rubric v1 broadcast with hash"):
+        checked_rubric(dataclasses.replace(version, rubric=other), ctx)
