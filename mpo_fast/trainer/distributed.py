@@ -20,6 +20,7 @@ group's timeout (train.dist_timeout_s), so a rank that dies or hangs stops the o
 from __future__ import annotations
 
 import base64
+import contextlib
 import copy
 import datetime
 import logging
@@ -129,15 +130,34 @@ def shard_range(count: int, rank: int, world_size: int) -> tuple[int, int]:
 # -- collectives (objects) ------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def collective(what: str):
+    """Name a failed collective: gloo reports a dead peer as a plain RuntimeError ("Connection
+    closed by peer"), NCCL as DistBackendError, a hung one as a timeout; all become DistributedError
+    (the CLI's exit status 5) saying what this rank was doing."""
+    try:
+        yield
+    except RuntimeError as exc:
+        if isinstance(exc, DistributedError):
+            raise
+        raise DistributedError(
+            f"{what} failed on rank {dist.get_rank()}: another rank stopped or did not answer within "
+            f"train.dist_timeout_s ({type(exc).__name__}: {str(exc)[:300]})"
+        ) from exc
+
+
+
 def all_gather(obj: Any) -> list[Any]:
     out: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(out, obj)
+    with collective("gathering step data"):
+        dist.all_gather_object(out, obj)
     return out
 
 
 def broadcast(obj: Any, src: int = 0) -> Any:
     box = [obj]
-    dist.broadcast_object_list(box, src=src)
+    with collective("a broadcast from rank 0"):
+        dist.broadcast_object_list(box, src=src)
     return box[0]
 
 
@@ -167,14 +187,15 @@ def comm_device() -> torch.device:
 
 def all_reduce_sum(values: Sequence[float]) -> list[float]:
     t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=comm_device())
-    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    with collective("summing step counts"):
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t.tolist()
 
 
 def broadcast_module(module: torch.nn.Module) -> None:
     """Every parameter and buffer from rank 0 (what DDP does at construction): random LoRA
     initialisations or a model loaded differently on one node cannot make the ranks diverge."""
-    with torch.no_grad():
+    with torch.no_grad(), collective("broadcasting the initial weights"):
         for tensor in [*module.parameters(), *module.buffers()]:
             dist.broadcast(tensor.data, src=0)
 
@@ -245,7 +266,8 @@ class DataParallelUpdater(PolicyUpdater):
                 p.grad = torch.zeros_like(p)
             grads.append(p.grad)
         flat = torch.cat([g.reshape(-1) for g in grads])
-        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        with collective("the gradient all-reduce"):
+            dist.all_reduce(flat, op=dist.ReduceOp.SUM)
         offset = 0
         for g in grads:
             n = g.numel()
@@ -263,7 +285,8 @@ class DataParallelUpdater(PolicyUpdater):
         summed = all_reduce_sum(local)
         extremes = torch.tensor([-result.metrics["ratio_min"], result.metrics["ratio_max"]], dtype=torch.float64,
                                 device=comm_device())
-        dist.all_reduce(extremes, op=dist.ReduceOp.MAX)
+        with collective("reducing update metrics"):
+            dist.all_reduce(extremes, op=dist.ReduceOp.MAX)
         result.loss = summed[0]
         for key, value in zip(keys[1:], summed[1:]):
             result.metrics[key] = value
@@ -287,7 +310,8 @@ class MainRankWeightSync:
             self.rollout.sync_weights(model, version)
         else:
             self.rollout.version = version  # rollouts are stamped with the version they come from
-        dist.barrier()
+        with collective("waiting for rank 0's adapter push"):
+            dist.barrier()
 
     def close(self) -> None:
         self.rollout.close()
@@ -460,7 +484,8 @@ def make_distributed_trainer_class():
             return self.last_checkpoint
 
         def summary(self, wall_seconds):
-            dist.barrier()  # rank 0 has written the last metrics row before anyone reads the file
+            with collective("the end-of-run barrier"):
+                dist.barrier()  # rank 0 has written the last metrics row before anyone reads the file
             return super().summary(wall_seconds)
 
         # -- step hooks ---------------------------------------------------------------------

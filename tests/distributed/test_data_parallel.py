@@ -91,6 +91,8 @@ def test_resume_is_exact_and_a_failing_rank_stops_both(tmp_path):
     assert time.monotonic() - started < COLLECTIVE_TIMEOUT_S + 60
     assert [status for status, _, _ in crashed] == ["error", "error"] and all(code != 0 for *_, code in crashed)
     assert "injected crash on judge call 3" in crashed[1][1]
+    # Rank 0 learns it from the broken collective, as an error the CLI maps to exit status 5.
+    assert crashed[0][1].startswith("DistributedError: ") and "another rank stopped" in crashed[0][1], crashed[0][1]
     checkpoints = sorted(p.name for p in (tmp_path / "cut" / "run" / "checkpoints").iterdir())
     assert checkpoints == ["step-000002"]
 

@@ -77,3 +77,14 @@ def test_a_rubric_whose_hash_does_not_match_is_refused():
     other = Rubric(task="essay", context="", items=(RubricItem("Clarity", "Clear prose!", 5),))
     with pytest.raises(DistributedError, match="rank 1: rubric v1 broadcast with hash"):
         checked_rubric(dataclasses.replace(version, rubric=other), ctx)
+
+
+def test_cli_exit_status_5_when_another_rank_failed(monkeypatch, capsys):
+    from mpo_fast import cli
+
+    def broken(config, *, started):
+        raise DistributedError("the gradient all-reduce failed on rank 0: another rank stopped")
+
+    monkeypatch.setattr(cli, "run_config", broken)
+    assert cli.main(["demo", "train.max_steps=1"]) == cli.EXIT_PEER_FAILED == 5
+    assert "distributed run stopped" in capsys.readouterr().err
