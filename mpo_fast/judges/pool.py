@@ -100,6 +100,8 @@ class EndpointPool:
         self.backoff_max_s = backoff_max_s
         self.clock = clock
         self.counters = EndpointCounters()  # pool-wide totals, as EndpointClient.counters
+        self.log_every_s = 60.0  # the per-endpoint counters, logged at INFO at most this often
+        self._logged_at = clock()
 
     # -- routing ------------------------------------------------------------------------------
 
@@ -180,6 +182,9 @@ class EndpointPool:
                 continue
             s.outstanding -= 1
             self._succeeded(i)
+            if self.clock() - self._logged_at >= self.log_every_s:
+                self._logged_at = self.clock()
+                log.info("judge pool: %s", self.describe())
             return result, attempts
 
     def snapshot(self) -> list[dict[str, Any]]:
@@ -214,3 +219,21 @@ def pooled_judge(urls: Sequence[str], config: EndpointConfig, settings=None, *, 
                                  cache=cache, name=name)
 
     return PooledOpenAIJudge()
+
+
+def pool_of(judge_or_llm) -> EndpointPool | None:
+    """The EndpointPool behind a judge (or an LLM), if any."""
+    llm = getattr(judge_or_llm, "llm", judge_or_llm)
+    client = getattr(llm, "client", None)
+    return client if isinstance(client, EndpointPool) else None
+
+
+def merge_snapshots(snapshots) -> dict[str, dict[str, int]]:
+    """{url: {ok, failures, taken_out}} summed over pools (one per rank) sharing the same servers."""
+    out: dict[str, dict[str, int]] = {}
+    for snapshot in snapshots:
+        for s in snapshot or ():
+            entry = out.setdefault(s["url"], {"ok": 0, "failures": 0, "taken_out": 0})
+            for key in entry:
+                entry[key] += int(s[key])
+    return out

@@ -33,6 +33,7 @@ from typing import Any, Callable, Sequence
 import torch
 import torch.distributed as dist
 
+from ..judges.pool import merge_snapshots, pool_of
 from ..judges.pool import share_limit as rank_share  # noqa: F401  (re-exported: one source)
 from ..rubrics import RubricStore, RubricVersion
 from . import checkpoint as ckpt
@@ -530,6 +531,7 @@ def make_distributed_trainer_class():
                 "judgements": [(j.ok, j.cached, j.calls) for j in scored.judgements],
                 "lengths": [len(r.completion_ids) for r in rollouts], "finished": [r.finished for r in rollouts],
                 "degenerate": int(adv.degenerate_groups), "timings": timings,
+                "pool": pool.snapshot() if (pool := pool_of(self.judge)) is not None else None,
             }
             parts = all_gather(local)
             hashes = {p["hash"] for p in parts} | {h for p in parts for h in p["judge_hashes"]}
@@ -550,6 +552,8 @@ def make_distributed_trainer_class():
             row = super()._metrics_row(step, rubric_version, global_rollouts, global_scored, global_adv, update, signals,
                                        evolved, slowest)
             row["world_size"] = ctx.world_size
+            if any(p["pool"] for p in parts):  # cumulative per-endpoint counters of every rank's judge pool
+                row["judge_endpoints"] = merge_snapshots(p["pool"] for p in parts)
             return row
 
     return DistributedMPOTrainer

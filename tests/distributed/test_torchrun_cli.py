@@ -62,4 +62,7 @@ def test_torchrun_two_ranks_write_one_run(tmp_path):
     assert json.loads((run / "summary.json").read_text())  # rank 0 summarised
     assert (run / "checkpoints" / "step-000002" / "trainer_state.json").is_file()
     assert "judge pool:" in done.stderr  # per-endpoint counters logged
+    endpoints = rows[-1]["judge_endpoints"]  # both ranks' pools, summed per server
+    assert set(endpoints) == {a.base_url, b.base_url} and all(e["failures"] == 0 for e in endpoints.values())
+    assert sum(e["ok"] for e in endpoints.values()) == a.stats.requests + b.stats.requests
     assert a.stats.requests > 0 and b.stats.requests > 0  # the pool spread the judging over both servers
