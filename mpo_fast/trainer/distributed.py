@@ -307,12 +307,13 @@ class MainRankWeightSync:
         return self.rollout.generate(*args, **kwargs)
 
     def sync_weights(self, model, version: int) -> None:
-        if self.ctx.is_main:
-            self.rollout.sync_weights(model, version)
-        else:
-            self.rollout.version = version  # rollouts are stamped with the version they come from
-        with collective("waiting for rank 0's adapter push"):
-            dist.barrier()
+        # Every rank then asks the server for the adapter rank 0 loaded (the older one is unloaded).
+        served = run_on_main(self.ctx, lambda: (self.rollout.sync_weights(model, version),
+                                                getattr(self.rollout, "served_model", None))[1],
+                             f"pushing adapter version {version} to the rollout server")
+        self.rollout.version = version  # rollouts are stamped with the version they come from
+        if served is not None:
+            self.rollout.served_model = served
 
     def close(self) -> None:
         self.rollout.close()

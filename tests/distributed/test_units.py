@@ -88,3 +88,27 @@ def test_cli_exit_status_5_when_another_rank_failed(monkeypatch, capsys):
     monkeypatch.setattr(cli, "run_config", broken)
     assert cli.main(["demo", "train.max_steps=1"]) == cli.EXIT_PEER_FAILED == 5
     assert "distributed run stopped" in capsys.readouterr().err
+
+
+def test_rank0_pushes_the_adapter_and_every_rank_asks_for_it(tmp_path):
+    import torch.distributed as dist
+
+    from mpo_fast.trainer.distributed import MainRankWeightSync
+
+    class Remote:
+        def __init__(self):
+            self.pushed, self.version, self.served_model = [], 0, "base"
+
+        def sync_weights(self, model, version):
+            self.pushed.append(version)
+            self.served_model = f"base-v{version}"
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        main, other = Remote(), Remote()
+        MainRankWeightSync(main, DistContext(0, 1, 0, "gloo")).sync_weights(None, 3)
+        assert main.pushed == [3] and main.served_model == "base-v3" and main.version == 3
+        MainRankWeightSync(other, DistContext(1, 1, 1, "gloo")).sync_weights(None, 3)  # as a rank > 0 would
+        assert other.pushed == [] and other.version == 3
+    finally:
+        dist.destroy_process_group()
