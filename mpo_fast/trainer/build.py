@@ -147,7 +147,7 @@ def check_servers(config: MPOConfig) -> None:
     if config.meta.enabled and config.meta.backend == "openai":
         check_endpoints(config.meta.base_url, config.meta.api_key_env, "meta server")
     if config.rollout.backend == "remote":
-        check_endpoint(config.rollout.base_url, config.rollout.api_key_env, "rollout server")
+        check_endpoints(config.rollout.base_url, config.rollout.api_key_env, "rollout server")
     from ..rollout.backends import require_installed
 
     try:  # before minutes of model loading
@@ -178,7 +178,8 @@ def build_rollout(config: MPOConfig, model, tokenizer):
     key_env = r.api_key_env if os.environ.get(r.api_key_env) else None
     return create_rollout_backend("remote", model=model, tokenizer=tokenizer, base_url=r.base_url,
                                   served_model=r.served_model or path, api_key_env=key_env, server=r.server,
-                                  adapter_dir=r.adapter_dir, max_concurrency=max(config.samples_per_step, 1))
+                                  adapter_dir=r.adapter_dir, max_concurrency=max(config.samples_per_step, 1),
+                                  keep_adapters=config.pipeline.max_staleness + 1)
 
 
 def build_judges(config: MPOConfig, policy_lm, tokenizer):

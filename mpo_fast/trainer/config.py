@@ -76,7 +76,9 @@ class RolloutSettings:
     missing_eos_penalty: float = 0.0
     # remote: the server that serves the policy, e.g. http://127.0.0.1:8001/v1, and the model name it
     # lists at /v1/models (default: model.name_or_path); its key, if any, is read from api_key_env.
-    base_url: str | None = None
+    # A list of servers of the same policy spreads the requests (least outstanding, failover); each
+    # update's adapter is loaded on all of them.
+    base_url: str | list[str] | None = None
     served_model: str | None = None
     api_key_env: str = "OPENAI_API_KEY"
     server: str = "vllm"  # remote: vllm (exact token ids and log-probs) | openai (standard fields only)
