@@ -34,7 +34,6 @@ import torch
 import torch.distributed as dist
 
 from ..judges.pool import merge_snapshots, pool_of
-from ..judges.pool import share_limit as rank_share  # noqa: F401  (re-exported: one source)
 from ..rubrics import RubricStore, RubricVersion
 from . import checkpoint as ckpt
 from . import stages
