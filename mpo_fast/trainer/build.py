@@ -29,7 +29,8 @@ from ..rubrics import ProposalLimits, load_rubric
 from ..tasks import get_task
 from .config import ConfigError, JudgeSettings, MetaSettings, MPOConfig
 from .distributed import current as current_dist
-from .distributed import is_main_process, make_distributed_trainer_class
+from .data_parallel import make_distributed_trainer_class
+from .distributed import is_main_process
 from .model_loading import load_causal_lm, load_policy
 
 JUDGE_CACHE_FILE = "judgements.jsonl"

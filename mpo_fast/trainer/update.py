@@ -75,7 +75,7 @@ class PolicyUpdater:
 
     def _sync_gradients(self) -> None:
         """Hook between the last backward and clipping: data-parallel ranks sum gradients here
-        (trainer/distributed.py); one process has nothing to do."""
+        (trainer/data_parallel.py); one process has nothing to do."""
 
     def update(self, batch: TrainBatch, *, behaviour_old_logp: bool = False) -> UpdateResult:
         """One optimisation step (ppo_epochs passes) on `batch`.

@@ -6,15 +6,8 @@ import pytest
 from mpo_fast.trainer import MPOConfig
 from mpo_fast.trainer.config import ConfigError
 from mpo_fast.trainer.data import PromptSampler
-from mpo_fast.trainer.distributed import (
-    DistContext,
-    DistributedError,
-    ShardedSampler,
-    current,
-    init_distributed,
-    resolve_mode,
-    shard_range,
-)
+from mpo_fast.trainer.data_parallel import ShardedSampler
+from mpo_fast.trainer.distributed import DistContext, DistributedError, current, init_distributed, resolve_mode, shard_range
 
 
 def test_shards_are_contiguous_whole_prompts_and_cover_the_global_list():
@@ -45,7 +38,7 @@ def test_modes_and_config():
 def test_single_process_needs_no_process_group(monkeypatch):
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     assert init_distributed(5.0) is None and current() is None
-    from mpo_fast.trainer.distributed import make_distributed_trainer_class
+    from mpo_fast.trainer.data_parallel import make_distributed_trainer_class
 
     with pytest.raises(DistributedError, match="init_distributed"):
         make_distributed_trainer_class()(None)
@@ -65,7 +58,7 @@ def test_a_rubric_whose_hash_does_not_match_is_refused():
     import dataclasses
 
     from mpo_fast.rubrics import Rubric, RubricItem, RubricStore
-    from mpo_fast.trainer.distributed import checked_rubric
+    from mpo_fast.trainer.data_parallel import checked_rubric
 
     ctx = DistContext(rank=1, world_size=2, local_rank=1, backend="gloo")
     rubric = Rubric(task="essay", context="", items=(RubricItem("Clarity", "Clear prose.", 5),))
@@ -93,7 +86,7 @@ def test_cli_exit_status_5_when_another_rank_failed(monkeypatch, capsys):
 def test_rank0_pushes_the_adapter_and_every_rank_asks_for_it(tmp_path):
     import torch.distributed as dist
 
-    from mpo_fast.trainer.distributed import MainRankWeightSync
+    from mpo_fast.trainer.data_parallel import MainRankWeightSync
 
     class Remote:
         def __init__(self):

@@ -44,7 +44,7 @@ class ScriptedRollout:
 
 def make_trainer(tmp: Path, *, scripted: bool, meta_judge=None, world: int = 1, rm=None, **cfg):
     from mpo_fast.trainer import MPOTrainer
-    from mpo_fast.trainer.distributed import distributed_trainer
+    from mpo_fast.trainer.data_parallel import distributed_trainer
 
     tok = char_tokenizer()
     model = tiny_causal_lm(tok, seed=0)
