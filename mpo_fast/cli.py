@@ -112,7 +112,7 @@ def run_config(config, *, started: float):
     Under torchrun (WORLD_SIZE > 1) every rank runs this; rank 0 alone summarises."""
     from .trainer.distributed import init_distributed, shutdown
 
-    ctx = init_distributed(config.train.dist_timeout_s)
+    ctx = init_distributed(config.train.dist_timeout_s, device=config.model.device)
     try:
         return _run_config(config, started=started, main=ctx is None or ctx.is_main)
     finally:

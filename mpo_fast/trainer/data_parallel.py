@@ -165,8 +165,9 @@ class MainRankRunLog:
     """metrics.jsonl and samples.jsonl written by rank 0 only; samples gathered from every rank
     (in rank order: the order of one process running the whole global batch)."""
 
-    def __init__(self, ctx: DistContext, make: Callable[[], RunLog]) -> None:
+    def __init__(self, ctx: DistContext, make: Callable[[], RunLog], limit: int | None = None) -> None:
         self.ctx = ctx
+        self.limit = limit
         self.log = make() if ctx.is_main else None
 
     def metrics(self, row: dict[str, Any]) -> None:
@@ -176,7 +177,11 @@ class MainRankRunLog:
     def samples(self, rows: list[dict[str, Any]]) -> None:
         gathered = all_gather(rows)
         if self.log is not None:
-            self.log.samples([r for part in gathered for r in part])
+            rows = [r for part in gathered for r in part]
+            # log.samples_per_step counts the global step's samples, as in one process: each rank kept
+            # its first `limit`, so the first `limit` gathered rows are the global batch's first.
+            limit = self.limit
+            self.log.samples(rows if limit is None else rows[:limit])
 
     def close(self) -> None:
         if self.log is not None:
@@ -275,7 +280,8 @@ def make_distributed_trainer_class():
         # -- run files and state ------------------------------------------------------------
 
         def _open_run_log(self, resume_step):
-            return MainRankRunLog(self.dist, lambda: RunLog(self.args, resume_step=resume_step))
+            return MainRankRunLog(self.dist, lambda: RunLog(self.args, resume_step=resume_step),
+                                  limit=self.args.log.samples_per_step)
 
         def start_run(self):
             ctx = self.dist

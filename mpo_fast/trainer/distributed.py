@@ -42,16 +42,21 @@ def torchrun_world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1") or 1)
 
 
-def init_distributed(timeout_s: float = 600.0) -> DistContext | None:
+def init_distributed(timeout_s: float = 600.0, *, device: str = "auto") -> DistContext | None:
     """Join the process group torchrun described in the environment (RANK, WORLD_SIZE, LOCAL_RANK,
-    MASTER_ADDR, MASTER_PORT); None for a single process. Idempotent."""
+    MASTER_ADDR, MASTER_PORT); None for a single process. Idempotent.
+
+    device: where the model trains (model.device): nccl for CUDA ("auto" with a GPU present), gloo
+    otherwise - a CPU run on a machine that has a GPU must not pick nccl, which reduces CUDA
+    tensors only."""
     world = torchrun_world_size()
     if world <= 1:
         return None
     rank = int(os.environ["RANK"])
     local_rank = int(os.environ.get("LOCAL_RANK", rank))
     if not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        on_gpu = torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
+        backend = "nccl" if on_gpu else "gloo"
         if backend == "nccl":
             torch.cuda.set_device(local_rank)  # before any CUDA allocation: one GPU per rank
         dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))

@@ -35,7 +35,7 @@ def _entry(fn, rank: int, world: int, port: int, out: str, args: tuple) -> None:
     path = Path(out) / f"rank{rank}.pkl"
     try:
         if world > 1:
-            init_distributed(COLLECTIVE_TIMEOUT_S)
+            init_distributed(COLLECTIVE_TIMEOUT_S, device="cpu")  # the tiny models train on CPU, GPU or not
         result = fn(rank, world, *args)
         path.write_bytes(pickle.dumps(("ok", result)))
     except BaseException as exc:  # reported to the test through the file and the exit code

@@ -47,7 +47,7 @@ def test_torchrun_two_ranks_write_one_run(tmp_path):
             "meta": {"enabled": True, "backend": "judge", "interval": 1, "min_steps_between": 1, "num_samples": 2},
             "train": {"max_steps": 2, "learning_rate": 1e-3, "micro_batch_size": 4, "kl_coef": 0.0,
                       "dist_timeout_s": 120},
-            "log": {"save_steps": 0, "report_to": ["none"], "progress": False},
+            "log": {"save_steps": 0, "report_to": ["none"], "progress": False, "samples_per_step": 3},
         }
         path = tmp_path / "tiny.yaml"
         path.write_text(yaml.safe_dump(config))
@@ -58,7 +58,9 @@ def test_torchrun_two_ranks_write_one_run(tmp_path):
     assert [r["step"] for r in rows] == [1, 2]
     assert all(r["world_size"] == 2 and r["samples"] == 4 and r["judge_failed"] == 0 for r in rows)
     assert rows[1]["rubric_version"] == 2  # rank 0's meta-judge refined after step 1, both ranks used it
-    assert len(read_jsonl(run / "samples.jsonl")) == 8
+    samples = read_jsonl(run / "samples.jsonl")  # log.samples_per_step=3 counts the global step, as in one process
+    assert [s["step"] for s in samples] == [1, 1, 1, 2, 2, 2]
+    assert [s["prompt_id"] for s in samples[:3]].count(samples[0]["prompt_id"]) == 2  # rank 0's group first, then rank 1's
     assert json.loads((run / "summary.json").read_text())  # rank 0 summarised
     assert (run / "checkpoints" / "step-000002" / "trainer_state.json").is_file()
     assert "judge pool:" in done.stderr  # per-endpoint counters logged
