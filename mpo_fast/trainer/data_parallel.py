@@ -72,6 +72,23 @@ class ShardedSampler:
         self.sampler.load_state_dict(state)
 
 
+BUCKET_ELEMENTS = 1 << 23  # 8 M elements: 32 MB of fp32, 16 MB of bf16 gradients per all-reduce
+
+
+def _all_reduce_bucket(grads: list[torch.Tensor]) -> None:
+    with collective("the gradient all-reduce"):
+        if len(grads) == 1:
+            dist.all_reduce(grads[0], op=dist.ReduceOp.SUM)
+            return
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    offset = 0
+    for g in grads:
+        n = g.numel()
+        g.copy_(flat[offset : offset + n].view_as(g))
+        offset += n
+
+
 class DataParallelUpdater(PolicyUpdater):
     """PolicyUpdater whose micro-batch weights are shares of the global batch and whose gradients
     are summed over ranks before clipping: the update of one process on every rank's rows.
@@ -98,21 +115,22 @@ class DataParallelUpdater(PolicyUpdater):
         return micros, [m.size / global_rows for m in micros]
 
     def _sync_gradients(self) -> None:
-        """One flattened all-reduce (SUM: the weights already divide by the global count) per
-        optimizer step, after the last micro-batch: for LoRA adapters this is a few MB."""
-        grads = []
+        """Sum gradients over ranks (the weights already divide by the global count) once per
+        optimizer step, after the last micro-batch, so ranks may run different numbers of
+        micro-batches. Buckets of <= BUCKET_ELEMENTS (as DDP's 25 MB buckets): LoRA adapters fit in
+        one all-reduce, full fine-tuning never copies every gradient at once."""
+        bucket: list[torch.Tensor] = []
+        size = 0
         for p in self.params:
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
-            grads.append(p.grad)
-        flat = torch.cat([g.reshape(-1) for g in grads])
-        with collective("the gradient all-reduce"):
-            dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-        offset = 0
-        for g in grads:
-            n = g.numel()
-            g.copy_(flat[offset : offset + n].view_as(g))
-            offset += n
+            if bucket and (size + p.grad.numel() > BUCKET_ELEMENTS or p.grad.dtype != bucket[0].dtype):
+                _all_reduce_bucket(bucket)
+                bucket, size = [], 0
+            bucket.append(p.grad)
+            size += p.grad.numel()
+        if bucket:
+            _all_reduce_bucket(bucket)
 
     def update(self, batch, *, behaviour_old_logp: bool = False) -> UpdateResult:
         try:

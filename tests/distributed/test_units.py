@@ -105,3 +105,27 @@ def test_rank0_pushes_the_adapter_and_every_rank_asks_for_it(tmp_path):
         assert other.pushed == [] and other.version == 3
     finally:
         dist.destroy_process_group()
+
+
+def test_gradient_buckets_cover_every_parameter_once(tmp_path, monkeypatch):
+    import torch
+    import torch.distributed as dist
+
+    from mpo_fast.trainer import data_parallel
+
+    monkeypatch.setattr(data_parallel, "BUCKET_ELEMENTS", 10)
+    seen: list[int] = []
+    real = data_parallel._all_reduce_bucket
+    monkeypatch.setattr(data_parallel, "_all_reduce_bucket", lambda grads: (seen.append(sum(g.numel() for g in grads)), real(grads)))
+    params = [torch.nn.Parameter(torch.ones(n)) for n in (4, 4, 4, 30, 2)]
+    for p in params[:-1]:
+        p.grad = torch.full_like(p, 2.0)  # the last one has no gradient on this rank: zeros join the sum
+    updater = data_parallel.DataParallelUpdater.__new__(data_parallel.DataParallelUpdater)
+    updater.params = params
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        updater._sync_gradients()
+    finally:
+        dist.destroy_process_group()
+    assert seen == [8, 4, 30, 2]  # <= 10 elements a bucket, an oversized tensor alone
+    assert all(torch.equal(p.grad, torch.full_like(p, 2.0)) for p in params[:-1]) and torch.equal(params[-1].grad, torch.zeros(2))
