@@ -111,3 +111,26 @@ def test_resume_is_exact_and_a_failing_rank_stops_both(tmp_path):
     single = workers.make_trainer(tmp_path / "cut", scripted=False, **{**cfg, "resume": True})
     with pytest.raises(CheckpointError, match="world size 2.*--nproc-per-node=2"):
         single.train()
+
+
+def test_lora_two_ranks_equal_one_process_and_save_the_adapter(tmp_path):
+    """DDP's main use: LoRA adapters replicated, the KL reference is the base with adapters off."""
+    cfg = {"rollout": {"prompts_per_step": 4}, "train": {"max_steps": 2, "kl_coef": 0.05, "learning_rate": 1e-2},
+           "log": {"save_steps": 0}}
+    r0, r1 = all_ok(run_ranks(workers.train_and_return_weights, 2, tmp_path / "ranks", str(tmp_path / "dp"), cfg,
+                              True, None, None, None, True))
+    from tests.trainer.fakes import AppendingMetaJudge
+
+    torch.set_num_threads(1)
+    single = workers.make_trainer(tmp_path / "one", scripted=True, meta_judge=AppendingMetaJudge(), lora=True, **cfg)
+    before = workers.trained_weights(single)
+    single.train()
+    one = workers.trained_weights(single)
+    lora = [n for n in one if "lora_" in n]
+    assert lora and all(not torch.equal(one[n], before[n]) for n in lora if "lora_B" in n)  # the adapters trained
+    for name, w in one.items():
+        assert torch.equal(r0["weights"][name], r1["weights"][name]), name
+        torch.testing.assert_close(r0["weights"][name], w, rtol=1e-5, atol=1e-6, msg=name)
+        if "lora_" not in name:
+            assert torch.equal(w, before[name]), name  # the base stays frozen
+    assert (tmp_path / "dp" / "run" / "checkpoints" / "step-000002" / "model" / "adapter_model.safetensors").is_file()

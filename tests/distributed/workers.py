@@ -42,7 +42,7 @@ class ScriptedRollout:
         pass
 
 
-def make_trainer(tmp: Path, *, scripted: bool, meta_judge=None, world: int = 1, rm=None, **cfg):
+def make_trainer(tmp: Path, *, scripted: bool, meta_judge=None, world: int = 1, rm=None, lora: bool = False, **cfg):
     from mpo_fast.trainer import MPOTrainer
     from mpo_fast.trainer.data_parallel import distributed_trainer
 
@@ -50,8 +50,13 @@ def make_trainer(tmp: Path, *, scripted: bool, meta_judge=None, world: int = 1, 
     model = tiny_causal_lm(tok, seed=0)
     config = tiny_config(tmp, **cfg)
     rollout = ScriptedRollout(tok) if scripted else None
+    peft_config = None
+    if lora:
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "up_proj"])
     kwargs = dict(args=config, train_dataset=PROMPTS8, judge=rm or SyntheticJudge(), meta_judge=meta_judge,
-                  processing_class=tok, task=ShortEssayTask(), rollout=rollout)
+                  processing_class=tok, task=ShortEssayTask(), rollout=rollout, peft_config=peft_config)
     return (distributed_trainer if world > 1 else MPOTrainer)(model, **kwargs)
 
 
@@ -120,12 +125,14 @@ def failing(prompts: list[str]):
     return fail_when
 
 
-def train_and_return_weights(rank, world, tmp, cfg, scripted=True, crash_rank=None, crash_on_call=None, fail=None):
+def train_and_return_weights(rank, world, tmp, cfg, scripted=True, crash_rank=None, crash_on_call=None, fail=None,
+                             lora=False):
     from tests.trainer.fakes import AppendingMetaJudge
 
     rm = SyntheticJudge(crash_on_call=crash_on_call if rank == crash_rank else None,
                         fail_when=failing(fail) if fail is not None else None)
-    trainer = make_trainer(Path(tmp), scripted=scripted, world=world, rm=rm, meta_judge=AppendingMetaJudge(), **cfg)
+    trainer = make_trainer(Path(tmp), scripted=scripted, world=world, rm=rm, meta_judge=AppendingMetaJudge(), lora=lora,
+                           **cfg)
     result = trainer.train()
     trainer.close()
     return {"weights": trained_weights(trainer), "steps": result.steps, "rubric": trainer.rubric_version.hash}
