@@ -12,7 +12,9 @@
 
 Exit status: 0 done, 2 bad input (config, data, rubric, unreachable judge: nothing trained),
 3 stopped by the judge failure rate (last checkpoint intact), 4 a pipeline stage failed
-(pipeline.mode=overlapped; every stage stopped, last checkpoint intact), 130 interrupted.
+(pipeline.mode=overlapped; every stage stopped, last checkpoint intact), 5 another rank of a
+torchrun job failed or a collective timed out (train.dist_timeout_s; last checkpoint intact),
+130 interrupted.
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ from typing import Sequence
 EXIT_BAD_INPUT = 2
 EXIT_JUDGE_FAILURES = 3
 EXIT_STAGE_FAILED = 4
+EXIT_PEER_FAILED = 5
 EXIT_INTERRUPTED = 130
 
 
@@ -117,12 +120,25 @@ def _rubric_command(args) -> int:
 
 
 def run_config(config, *, started: float):
-    """Build (every check before training), train, summarise. Shared by `train` and `demo`."""
+    """Build (every check before training), train, summarise. Shared by `train` and `demo`.
+    Under torchrun (WORLD_SIZE > 1) every rank runs this; rank 0 alone summarises."""
+    from .trainer.distributed import init_distributed, shutdown
+
+    ctx = init_distributed(config.train.dist_timeout_s, device=config.model.device)
+    try:
+        return _run_config(config, started=started, main=ctx is None or ctx.is_main)
+    finally:
+        shutdown()
+
+
+def _run_config(config, *, started: float, main: bool):
     from .trainer.build import make_trainer
     from .trainer.report import render_summary, summarise_run, write_summary
 
     try:
         trainer = make_trainer(config)
+    except _peer_errors():
+        raise  # another rank failed while this one was setting up: not this rank's input
     except _SETUP_ERRORS as exc:
         raise BadInput(str(exc)) from exc
     from .trainer.pipeline import PipelineConfigError
@@ -133,6 +149,8 @@ def run_config(config, *, started: float):
         raise BadInput(str(exc)) from exc
     finally:
         trainer.close()
+    if not main:
+        return None  # rank 0 writes the summary
     usage = resource.getrusage(resource.RUSAGE_SELF)
     extra = {"judge scoring": f"{config.judge.scoring}/{config.judge.call_mode}",
              # CPU seconds of this process: on a shared machine, the work done independent of the wait
@@ -172,6 +190,15 @@ def _load_config(path: str, overrides: Sequence[str]):
         return MPOConfig.from_yaml(path, list(overrides))
     except ValueError as exc:  # ConfigError included
         raise BadInput(str(exc)) from exc
+
+
+def _peer_errors() -> tuple[type[BaseException], ...]:
+    """A collective that failed (a rank died: gloo/nccl report it) or ranks that disagree."""
+    import torch.distributed as dist
+
+    from .trainer.distributed import DistributedError
+
+    return (DistributedError, dist.DistError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -223,6 +250,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         _error(f"pipeline stopped: {exc}. Every stage was stopped and the last checkpoint is intact: fix the cause "
                "and continue with resume=true")
         return EXIT_JUDGE_FAILURES if isinstance(exc, JudgeFailureError) else EXIT_STAGE_FAILED
+    except _peer_errors() as exc:
+        _error(f"distributed run stopped: {exc}. The last checkpoint is intact: fix the failing rank (its own "
+               "error is in its log) and continue with resume=true on the same number of processes")
+        return EXIT_PEER_FAILED
     except KeyboardInterrupt:
         _error("interrupted; resume with resume=true (the last checkpoint is intact)")
         return EXIT_INTERRUPTED

@@ -145,8 +145,9 @@ class RemoteCompletionsRollout:
     def __init__(self, base_url: str, model: str, *, tokenizer=None, server: str = "vllm", prompt_format: str = "token_ids",
                  api_key_env: str | None = None, max_concurrency: int = 16, timeout_s: float = 600.0, max_retries: int = 2,
                  n_per_request: int | None = None, stop: Sequence[str] | None = None, extra_body: dict | None = None,
-                 adapter_dir: str | Path | None = None, transport=None):
+                 adapter_dir: str | Path | None = None, transport=None, keep_adapters: int = 1):
         from ..http_client import EndpointClient, EndpointConfig
+        from ..judges.pool import EndpointPool, endpoint_urls
 
         if server not in SERVERS:
             raise ValueError(f"server={server!r}; expected one of {SERVERS} ('openai' sends only standard fields)")
@@ -166,13 +167,25 @@ class RemoteCompletionsRollout:
         self.extra_body = dict(extra_body or {})
         self.adapter_dir = Path(adapter_dir) if adapter_dir is not None else None
         self.eos_token_id = getattr(tokenizer, "eos_token_id", None) if tokenizer is not None else None
-        self.endpoint = EndpointConfig(base_url=base_url, model=model, api_key_env=api_key_env, max_concurrency=max_concurrency,
-                                       timeout_s=timeout_s, max_retries=max_retries, structured_output="none", logprobs="none")
+        # base_url: one server, or a list of servers of the same policy (an EndpointPool: least
+        # outstanding requests, failover); each update's adapter is loaded on every one of them.
+        self.urls = endpoint_urls(base_url)
+        if not self.urls:
+            raise ValueError("base_url is empty; pass the server that serves the policy, e.g. http://127.0.0.1:8000/v1")
+        if keep_adapters < 1:
+            raise ValueError(f"keep_adapters={keep_adapters}; keep at least the newest adapter loaded")
+        # The newest `keep_adapters` versions stay loaded, so a rollout in flight on an older policy
+        # (pipeline.max_staleness = keep_adapters - 1) finishes on the adapter it started with.
+        self.keep_adapters = keep_adapters
+        self.endpoint = EndpointConfig(base_url=self.urls[0], model=model, api_key_env=api_key_env,
+                                       max_concurrency=max_concurrency, timeout_s=timeout_s, max_retries=max_retries,
+                                       structured_output="none", logprobs="none")
         self._transport = transport
-        self.client = EndpointClient(self.endpoint, transport=transport)
+        self.client = (EndpointClient(self.endpoint, transport=transport) if len(self.urls) == 1
+                       else EndpointPool(self.urls, self.endpoint, transport=transport))
         self._loop = asyncio.new_event_loop()
         self._loop_lock = threading.Lock()
-        self._loaded_adapter: str | None = None
+        self._loaded_adapters: list[str] = []  # oldest first
         self._warned_no_sync = False
         self.version = 0
 
@@ -237,16 +250,21 @@ class RemoteCompletionsRollout:
 
         key = self.endpoint.api_key()
         headers = {"Authorization": f"Bearer {key}"} if key else {}
-        base = self.endpoint.base_url.rstrip("/")
         async with httpx.AsyncClient(timeout=self.endpoint.timeout_s, transport=self._transport, headers=headers) as c:
-            r = await c.post(f"{base}/load_lora_adapter", json={"lora_name": name, "lora_path": str(path)})
-            if r.status_code != 200:
-                raise RemoteRolloutError(
-                    f"POST {base}/load_lora_adapter -> HTTP {r.status_code}: {r.text[:300]!r}; start vLLM with --enable-lora "
-                    "and VLLM_ALLOW_RUNTIME_LORA_UPDATING=True, and make adapter_dir readable by the server"
-                )
-            previous, self._loaded_adapter, self.served_model = self._loaded_adapter, name, name
-            if previous is not None:
-                r = await c.post(f"{base}/unload_lora_adapter", json={"lora_name": previous})
+            for url in self.urls:
+                base = url.rstrip("/")
+                r = await c.post(f"{base}/load_lora_adapter", json={"lora_name": name, "lora_path": str(path)})
                 if r.status_code != 200:
-                    log.warning("RemoteCompletionsRollout: unloading adapter %s failed: HTTP %d %s", previous, r.status_code, r.text[:200])
+                    raise RemoteRolloutError(
+                        f"POST {base}/load_lora_adapter -> HTTP {r.status_code}: {r.text[:300]!r}; start vLLM with "
+                        "--enable-lora and VLLM_ALLOW_RUNTIME_LORA_UPDATING=True, and make adapter_dir readable by the server"
+                    )
+            self._loaded_adapters.append(name)
+            self.served_model = name
+            while len(self._loaded_adapters) > self.keep_adapters:
+                previous = self._loaded_adapters.pop(0)
+                for url in self.urls:
+                    r = await c.post(f"{url.rstrip('/')}/unload_lora_adapter", json={"lora_name": previous})
+                    if r.status_code != 200:
+                        log.warning("RemoteCompletionsRollout: unloading adapter %s from %s failed: HTTP %d %s", previous,
+                                    url, r.status_code, r.text[:200])

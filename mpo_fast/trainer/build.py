@@ -5,6 +5,8 @@ dataset file, the rubric file, the judge endpoint's reachability and its API key
 """
 from __future__ import annotations
 
+import dataclasses
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,12 +24,17 @@ from ..judges import (
 )
 from ..judges import JudgeSettings as RMSettings
 from ..judges import MetaSettings as MRMSettings
+from ..judges.pool import endpoint_urls, pooled_judge, pooled_llm, share_limit
 from ..rubrics import GateSettings, ProposalLimits, load_rubric
 from ..tasks import get_task
 from .config import ConfigError, JudgeSettings, MetaSettings, MPOConfig
+from .distributed import current as current_dist
+from .data_parallel import make_distributed_trainer_class
+from .distributed import is_main_process
 from .model_loading import load_causal_lm, load_policy
 
 JUDGE_CACHE_FILE = "judgements.jsonl"
+log = logging.getLogger("mpo_fast")
 
 
 class JudgeUnreachableError(ConfigError):
@@ -119,13 +126,32 @@ def check_endpoint(base_url: str, api_key_env: str, what: str, timeout_s: float 
         )
 
 
+def check_endpoints(base_url, api_key_env: str, what: str) -> None:
+    """One URL must answer; of a list (an endpoint pool), at least one must: the pool routes around
+    the others and takes them back when they answer."""
+    urls = endpoint_urls(base_url)
+    if len(urls) == 1:
+        check_endpoint(urls[0], api_key_env, what)
+        return
+    errors = []
+    for url in urls:
+        try:
+            check_endpoint(url, api_key_env, what)
+        except JudgeUnreachableError as exc:
+            errors.append(str(exc))
+    if len(errors) == len(urls):
+        raise JudgeUnreachableError(f"none of the {len(urls)} {what}s answers: " + " | ".join(errors))
+    for error in errors:
+        log.warning("%s (the pool routes around it until it answers)", error)
+
+
 def check_servers(config: MPOConfig) -> None:
     if config.judge.backend == "openai":
-        check_endpoint(config.judge.base_url, config.judge.api_key_env, "judge server")
+        check_endpoints(config.judge.base_url, config.judge.api_key_env, "judge server")
     if config.meta.enabled and config.meta.backend == "openai":
-        check_endpoint(config.meta.base_url, config.meta.api_key_env, "meta server")
+        check_endpoints(config.meta.base_url, config.meta.api_key_env, "meta server")
     if config.rollout.backend == "remote":
-        check_endpoint(config.rollout.base_url, config.rollout.api_key_env, "rollout server")
+        check_endpoints(config.rollout.base_url, config.rollout.api_key_env, "rollout server")
     from ..rollout.backends import require_installed
 
     try:  # before minutes of model loading
@@ -156,7 +182,8 @@ def build_rollout(config: MPOConfig, model, tokenizer):
     key_env = r.api_key_env if os.environ.get(r.api_key_env) else None
     return create_rollout_backend("remote", model=model, tokenizer=tokenizer, base_url=r.base_url,
                                   served_model=r.served_model or path, api_key_env=key_env, server=r.server,
-                                  adapter_dir=r.adapter_dir, max_concurrency=max(config.samples_per_step, 1))
+                                  adapter_dir=r.adapter_dir, max_concurrency=max(config.samples_per_step, 1),
+                                  keep_adapters=config.pipeline.max_staleness + 1)
 
 
 def build_judges(config: MPOConfig, policy_lm, tokenizer):
@@ -164,9 +191,10 @@ def build_judges(config: MPOConfig, policy_lm, tokenizer):
     (the trainer disables the LoRA adapters while it judges), so the demo holds one model."""
     j = config.judge
     cache_path = Path(config.output_dir) / JUDGE_CACHE_FILE
-    if config.overwrite and not config.resume:
+    main = is_main_process()  # data-parallel runs: only rank 0 writes to output_dir (the cache included)
+    if config.overwrite and not config.resume and main:
         cache_path.unlink(missing_ok=True)  # starting over: no judgement of the old run is reused
-    cache = JudgeCache(cache_path) if j.cache else None
+    cache = JudgeCache(cache_path) if j.cache and main else None
     settings = _rm_settings(j)
     shares = False
     if j.backend == "local":
@@ -178,8 +206,7 @@ def build_judges(config: MPOConfig, policy_lm, tokenizer):
         judge = LocalJudge(judge_lm, judge_tok, settings, cache=cache, max_batch_size=j.concurrency,
                            name="policy-base" if shares else j.model)
     else:
-        judge = OpenAIJudge(_endpoint(j.base_url, j.model, j.api_key_env, j.concurrency, j.timeout_s, j.max_retries),
-                            settings, cache=cache)
+        judge = _openai_judge(j, settings, cache)
     meta = build_meta_judge(config.meta, config, judge)
     return judge, meta, shares
 
@@ -198,8 +225,22 @@ def build_meta_judge(m: MetaSettings, config: MPOConfig, judge):
         lm.eval().requires_grad_(False)
         return MetaJudge(LocalLLM(lm, tok, name=m.model), settings, scorer=judge)
     j = config.judge
-    return MetaJudge(OpenAICompatibleLLM(_endpoint(m.base_url, m.model, m.api_key_env, j.concurrency, j.timeout_s,
-                                                   j.max_retries)), settings, scorer=judge)
+    endpoint = _endpoint(endpoint_urls(m.base_url)[0], m.model, m.api_key_env, j.concurrency, j.timeout_s, j.max_retries)
+    if len(endpoint_urls(m.base_url)) > 1:
+        return MetaJudge(pooled_llm(endpoint_urls(m.base_url), endpoint), settings, scorer=judge)  # only rank 0 calls it
+    return MetaJudge(OpenAICompatibleLLM(endpoint), settings, scorer=judge)
+
+
+def _openai_judge(j: JudgeSettings, settings: RMSettings, cache):
+    """One endpoint, or a pool over a list of them. Under torchrun every rank takes its share of
+    judge.concurrency (per endpoint), so N ranks do not multiply the load on the servers."""
+    world = (current_dist().world_size if current_dist() is not None else 1)
+    urls = endpoint_urls(j.base_url)
+    endpoint = _endpoint(urls[0], j.model, j.api_key_env, j.concurrency, j.timeout_s, j.max_retries)
+    if len(urls) > 1:
+        return pooled_judge(urls, endpoint, settings, cache=cache, world_size=world)
+    return OpenAIJudge(dataclasses.replace(endpoint, max_concurrency=share_limit(j.concurrency, world)), settings,
+                       cache=cache)
 
 
 def build_run(config: MPOConfig, *, policy=None) -> RunParts:
@@ -215,11 +256,13 @@ def build_run(config: MPOConfig, *, policy=None) -> RunParts:
 
 
 def make_trainer(config: MPOConfig, *, policy=None):
-    """An MPOTrainer with everything built from `config` (and checked) before any training."""
+    """An MPOTrainer with everything built from `config` (and checked) before any training; under
+    torchrun (an initialised process group) the data-parallel DistributedMPOTrainer."""
     from .trainer import MPOTrainer
 
     parts = build_run(config, policy=policy)
-    return MPOTrainer(
+    trainer_class = MPOTrainer if current_dist() is None else make_distributed_trainer_class()
+    return trainer_class(
         parts.model, args=config, train_dataset=parts.train_dataset, judge=parts.judge,
         meta_judge=parts.meta_judge, peft_config=parts.peft_config, processing_class=parts.tokenizer,
         signals=parts.signals, rollout=build_rollout(config, parts.model, parts.tokenizer),

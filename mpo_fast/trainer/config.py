@@ -78,7 +78,9 @@ class RolloutSettings:
     missing_eos_penalty: float = 0.0
     # remote: the server that serves the policy, e.g. http://127.0.0.1:8001/v1, and the model name it
     # lists at /v1/models (default: model.name_or_path); its key, if any, is read from api_key_env.
-    base_url: str | None = None
+    # A list of servers of the same policy spreads the requests (least outstanding, failover); each
+    # update's adapter is loaded on all of them.
+    base_url: str | list[str] | None = None
     served_model: str | None = None
     api_key_env: str = "OPENAI_API_KEY"
     server: str = "vllm"  # remote: vllm (exact token ids and log-probs) | openai (standard fields only)
@@ -98,7 +100,9 @@ class JudgeSettings:
     # local: "policy" shares the policy's frozen base weights (needs LoRA), "embedded", or a model dir;
     # openai: the served model name.
     model: str = "policy"
-    base_url: str | None = None  # openai: e.g. http://localhost:8000/v1
+    # openai: e.g. http://localhost:8000/v1, or a list of servers of the same model (requests go to the
+    # one with the fewest in flight; a failing one is rested and its requests retried on the others).
+    base_url: str | list[str] | None = None
     api_key_env: str = "OPENAI_API_KEY"  # the key is read from this environment variable, never from a file
     scoring: str = "expected"  # parse | constrained | expected (see ../shared/SMALL_JUDGES.md)
     call_mode: str = "all_items"  # all_items | per_item
@@ -123,7 +127,7 @@ class MetaSettings:
     # "judge": the same backend/model as the RM (the paper's best setting: RM and MRM of one size).
     backend: str = "judge"
     model: str = "judge"
-    base_url: str | None = None
+    base_url: str | list[str] | None = None  # openai: one server or a list (see judge.base_url)
     api_key_env: str = "OPENAI_API_KEY"
     interval: int = 20  # MPO step every N training steps (the reference's num_mpo_interval)
     num_samples: int = 16  # samples the MRM analyses (num_mpo_samples)
@@ -168,6 +172,10 @@ class TrainSettings:
     loss_aggregation: str = "token_mean"  # token_mean | seq_mean_token_mean | seq_mean_token_sum
     advantage_mode: str = "grpo"  # grpo | dr_grpo | rloo
     advantage_eps: float = 1e-6
+    # torchrun runs (WORLD_SIZE > 1): how ranks share the model (auto: ddp; see trainer/data_parallel.py)
+    # and how long any collective waits for the other ranks before the run stops (a dead or hung rank).
+    distributed: str = "auto"
+    dist_timeout_s: float = 600.0
 
 
 @dataclass
@@ -415,6 +423,7 @@ _CHOICES = {
     "train.algorithm": ("grpo", "ppo"),
     "train.loss_aggregation": ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum"),
     "train.advantage_mode": ("grpo", "dr_grpo", "rloo"),
+    "train.distributed": ("auto", "ddp", "fsdp2"),
 }
 _POSITIVE_INT = (
     "task.max_prompt_tokens", "rollout.prompts_per_step", "rollout.max_new_tokens", "judge.concurrency",

@@ -321,7 +321,7 @@ class MPOTrainer:
             result.pipeline = report.summary()
             return result
         resume_step = self.start_run()
-        self.run_log = RunLog(args, resume_step=resume_step)
+        self.run_log = self._open_run_log(resume_step)
         progress = Progress(args.train.max_steps, enabled=args.log.progress, start=self.step)
         if resume_step is not None:
             progress.message(f"resumed from {self.last_checkpoint} (step {self.step}, rubric v{self.rubric_version.version})")
@@ -399,7 +399,7 @@ class MPOTrainer:
 
         # update: failed judgements are out of the batch (and so out of the loss mask)
         t0 = time.perf_counter()
-        keep = [i for i in range(len(rollouts)) if bool(scored.valid[i])]
+        keep = self._update_rows(scored)
         update: UpdateResult | None = None
         if keep:
             batch = build_train_batch(
@@ -439,6 +439,14 @@ class MPOTrainer:
         return row
 
     # -- stage helpers ----------------------------------------------------------------------
+
+    def _update_rows(self, scored: stages.ScoredRollouts) -> list[int]:
+        """Rows the update trains on: the validly judged ones (data-parallel ranks override it so
+        every rank joins the gradient all-reduce)."""
+        return [i for i in range(len(scored.judgements)) if bool(scored.valid[i])]
+
+    def _open_run_log(self, resume_step: int | None):
+        return RunLog(self.args, resume_step=resume_step)  # data-parallel: rank 0 writes, the others gather
 
     def _count_failures(self, step: int, scored: stages.ScoredRollouts) -> None:
         self.judged += len(scored.judgements)

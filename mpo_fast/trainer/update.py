@@ -73,6 +73,10 @@ class PolicyUpdater:
             weights = [m.size / batch.size for m in micros]
         return micros, weights
 
+    def _sync_gradients(self) -> None:
+        """Hook between the last backward and clipping: data-parallel ranks sum gradients here
+        (trainer/data_parallel.py); one process has nothing to do."""
+
     def update(self, batch: TrainBatch, *, behaviour_old_logp: bool = False) -> UpdateResult:
         """One optimisation step (ppo_epochs passes) on `batch`.
 
@@ -128,6 +132,7 @@ class PolicyUpdater:
                     mask = m.completion_mask
                     gap = (logp.detach() - m.behaviour_logp)[mask].abs()
                     behaviour_diff.append((float(gap.sum()), int(mask.sum())))
+            self._sync_gradients()
             norm = torch.nn.utils.clip_grad_norm_(self.params, s.max_grad_norm if s.max_grad_norm > 0 else math.inf)
             grad_norm = float(norm)
             if math.isfinite(grad_norm):
