@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import dataclasses
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Callable
@@ -29,6 +30,7 @@ import torch
 import torch.distributed as dist
 
 from ..judges.pool import merge_snapshots, pool_of
+from ..judges.types import Judgement
 from ..rubrics import RubricStore, RubricVersion
 from . import checkpoint as ckpt
 from . import stages
@@ -392,7 +394,9 @@ def make_distributed_trainer_class():
                 "judge_hashes": sorted({j.rubric_hash for j in scored.judgements if getattr(j, "rubric_hash", None)}),
                 "rewards": scored.rewards.tolist(), "valid": scored.valid.tolist(),
                 "judge_rewards": list(scored.judge_rewards), "rule_rewards": list(scored.rule_rewards),
-                "judgements": [(j.ok, j.cached, j.calls) for j in scored.judgements],
+                # Whole judgements (less their text) so rank 0's metrics see every field the
+                # single-process row reads: failure causes, score mass, per-item scores.
+                "judgements": [({**j.to_dict(), "rationale": ""}, j.cached) for j in scored.judgements],
                 "lengths": [len(r.completion_ids) for r in rollouts], "finished": [r.finished for r in rollouts],
                 "degenerate": int(adv.degenerate_groups), "timings": timings,
                 "pool": pool.snapshot() if (pool := pool_of(self.judge)) is not None else None,
@@ -405,7 +409,7 @@ def make_distributed_trainer_class():
             g = lambda key: [x for p in parts for x in p[key]]  # noqa: E731
             global_scored = stages.ScoredRollouts(
                 rewards=torch.tensor(g("rewards"), dtype=torch.float32), valid=torch.tensor(g("valid"), dtype=torch.bool),
-                judgements=[SimpleNamespace(ok=ok, cached=c, calls=n) for ok, c, n in g("judgements")],
+                judgements=[dataclasses.replace(Judgement.from_dict(d), cached=c) for d, c in g("judgements")],
                 judge_rewards=g("judge_rewards"), rule_rewards=g("rule_rewards"),
             )
             global_rollouts = [SimpleNamespace(completion_ids=range(n), finished=f) for n, f in zip(g("lengths"), g("finished"))]

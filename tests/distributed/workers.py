@@ -73,6 +73,7 @@ def scripted_meta_judge():
 
     from mpo_fast.judges import MetaJudge
     from mpo_fast.judges import MetaSettings as MRMSettings
+    from mpo_fast.rubrics import GateSettings
     from tests.judges.fakes import ScriptedLLM
 
     count = iter(range(1, 1000))
@@ -83,7 +84,9 @@ def scripted_meta_judge():
         n = next(count)
         return json.dumps({"items": [{"title": f"Concision {n}", "description": f"No filler ({n}).", "max_points": 3}]})
 
-    return MetaJudge(ScriptedLLM(respond=respond), MRMSettings(num_samples=4))
+    # Gates off: this meta-judge replaces the rubric with one item, which the conservation gate
+    # (tested in tests/judges/test_meta_gates.py) would refuse; here only the broadcast is under test.
+    return MetaJudge(ScriptedLLM(respond=respond), MRMSettings(num_samples=4, gates=GateSettings(enabled=False)))
 
 
 def _record_steps(trainer, record):
