@@ -34,6 +34,7 @@ class LocalLLM:
         max_batch_size: int = 16,
         backend: str = "auto",
         name: str | None = None,
+        share_prefix: bool = True,
     ):
         if getattr(tokenizer, "chat_template", None) is None:
             raise ValueError(
@@ -49,7 +50,10 @@ class LocalLLM:
         self.max_batch_size = max_batch_size
         self.scoring_rows = max_batch_size  # rows per scoring session (bounds the KV cache it holds)
         self.model_id = name or str(getattr(model.config, "_name_or_path", "") or type(model).__name__)
-        self.scorer = LocalChoiceScorer(model, tokenizer, backend=backend, max_batch_size=max_batch_size)
+        self.scorer = LocalChoiceScorer(model, tokenizer, backend=backend, max_batch_size=max_batch_size, share_prefix=share_prefix)
+        # Rationale generation prefills through the scorer's shared-prefix cache too: the rubric
+        # head it runs is the one the scoring pass after it reuses.
+        self.share_prefix = share_prefix
         self._grammars: GrammarCompiler | None = None
         self._lock = threading.Lock()
 
@@ -106,13 +110,26 @@ class LocalLLM:
     def _generate_batch(self, prompts, constraints, max_tokens, temperature, stop) -> list[Generation]:
         tok = self.tokenizer
         device = next(self.model.parameters()).device
-        width = max(len(p) for p in prompts)
         pad = tok.pad_token_id
-        ids = torch.full((len(prompts), width), pad, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for r, p in enumerate(prompts):
-            ids[r, width - len(p):] = torch.tensor(p, dtype=torch.long)
-            mask[r, width - len(p):] = 1
+        prefill = self.scorer.prefill if self.share_prefix else None
+        past = None
+        heads = [p[:-1] for p in prompts]
+        if prefill is not None and min(len(p) for p in prompts) > 1 and prefill.worth_it(heads):
+            # Everything but each prompt's last token goes through the shared prefill; `generate`
+            # starts from its cache (columns: head | group part | row part, padding masked).
+            with self._lock:
+                _, past, mask, ids = prefill.run(heads, pad_id=pad, device=device)
+            last = torch.tensor([[p[-1]] for p in prompts], dtype=torch.long, device=device)
+            ids = torch.cat([ids, last], 1)
+            mask = torch.cat([mask, torch.ones_like(last)], 1)
+        else:
+            width = max(len(p) for p in prompts)
+            ids = torch.full((len(prompts), width), pad, dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            for r, p in enumerate(prompts):
+                ids[r, width - len(p):] = torch.tensor(p, dtype=torch.long)
+                mask[r, width - len(p):] = 1
+        width = ids.shape[1]
         kwargs = dict(
             input_ids=ids.to(device),
             attention_mask=mask.to(device),
@@ -120,6 +137,8 @@ class LocalLLM:
             pad_token_id=pad,
             do_sample=temperature > 0,
         )
+        if past is not None:
+            kwargs["past_key_values"] = past
         if temperature > 0:
             kwargs.update(temperature=float(temperature), top_p=1.0, top_k=0)
         processor = None
