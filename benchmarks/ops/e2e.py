@@ -232,8 +232,45 @@ def _mpo_overlapped_round(w, base, judge_model, tokenizer, examples, out_dir: Pa
     steady = report.steady_samples_per_s
     n = w.prompts_per_step * w.group_size
     return {"wall_s": report.wall_s, "steps": len(report.steps),
-            "steady_step_s": n / steady if steady else report.wall_s / max(len(report.steps), 1),
+            # steady state (steps after the pipeline filled) needs >= 3 steps to mean anything
+            "steady_step_s": n / steady if steady and len(report.steps) >= 3 else report.wall_s / max(len(report.steps), 1),
             "stages": {k: {kk: v.get(kk) for kk in ("busy_s", "idle_s") if kk in v} for k, v in summary["stages"].items()}}
+
+
+# -- generation: mpo_fast's rollout against plain `generate` ------------------------------------
+
+def _generate_check(w: Workload, base, tokenizer, prompts: list[list[int]], repeats: int) -> dict:
+    """HFRollout.generate (behaviour log-probs recorded) and plain `model.generate` with the same
+    sampling settings on the same left-padded batch, interleaved; seconds per call (median)."""
+    from transformers import GenerationConfig
+
+    from mpo_fast.rollout.base import SamplingParams
+    from mpo_fast.rollout.hf import HFRollout
+
+    model = copy.deepcopy(base).eval()
+    sampling = SamplingParams(max_new_tokens=w.max_new_tokens, temperature=0.7)
+    rollout = HFRollout(model, tokenizer)
+    width = max(len(p) for p in prompts)
+    rows = [p for p in prompts for _ in range(w.group_size)]
+    ids = torch.full((len(rows), width), rollout.pad_token_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for r, p in enumerate(rows):
+        ids[r, width - len(p):] = torch.tensor(p)
+        mask[r, width - len(p):] = 1
+    config = GenerationConfig(max_new_tokens=w.max_new_tokens, do_sample=True, temperature=0.7, top_p=1.0, top_k=0,
+                              pad_token_id=rollout.pad_token_id, eos_token_id=rollout.eos_token_ids)
+    # No EOS for either: both always generate the full 64 tokens, so the two time the same work.
+    config.eos_token_id = None
+    rollout.eos_token_ids = [-1]
+    times: dict[str, list[float]] = {"plain_generate": [], "hf_rollout": []}
+    for _ in range(repeats + 1):
+        with torch.no_grad():
+            times["plain_generate"].append(_timed(lambda: model.generate(input_ids=ids, attention_mask=mask, generation_config=config)))
+        rollout_cfg = rollout._generation_config
+        rollout._generation_config = lambda s, _c=config: _c
+        times["hf_rollout"].append(_timed(lambda: rollout.generate(prompts, n=w.group_size, sampling=sampling, policy_version=0)))
+        rollout._generation_config = rollout_cfg
+    return {k: round(statistics.median(v[1:]), 3) for k, v in times.items()}
 
 
 # -- floors ----------------------------------------------------------------------------------
@@ -336,6 +373,8 @@ def run(ctx: BenchContext) -> Iterator[dict]:
         probe = _mpo_trainer(w, base, judge_model, tokenizer, examples, Path(tmp) / "probe")
         prompt_lens = [len(p.ids) for p in probe.prompts[: w.prompts_per_step] for _ in range(w.group_size)]
         judge_tokens = _judge_tokens(probe, tokenizer, w)
+        gen = _generate_check(w, base, tokenizer, [p.ids for p in probe.prompts[: w.prompts_per_step]], 1 if ctx.quick else 3)
+        loads.append(_uptime())
     rates = _rates(ctx.quick)
     floor = _floor(w, base, prompt_lens, judge_tokens, rates)
     n = w.prompts_per_step * w.group_size
@@ -360,6 +399,8 @@ def run(ctx: BenchContext) -> Iterator[dict]:
         if rounds and "unavailable" in rounds[0]:
             rec["unavailable"] = rounds[0]["unavailable"]
         yield rec
+    yield {"provider": "generate_check", "shape": shape, "pass": "generate", "median_ms": round(1e3 * gen["hf_rollout"], 1),
+           "seconds": gen, "rollout_vs_plain": round(gen["hf_rollout"] / gen["plain_generate"], 3), "load_avg": loads}
     yield {"provider": "physical_floor", "shape": shape, "pass": "train", "median_ms": round(1e3 * floor["step_s"], 1),
            "samples_per_s": round(n / floor["step_s"], 4), "floor": floor, "rates": rates, "load_avg": loads}
 
