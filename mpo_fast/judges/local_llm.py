@@ -111,7 +111,7 @@ class LocalLLM:
         tok = self.tokenizer
         device = next(self.model.parameters()).device
         pad = tok.pad_token_id
-        prefill = self.scorer.prefill if self.share_prefix else None
+        prefill = self.scorer.shared_prefill() if self.share_prefix else None
         past = None
         heads = [p[:-1] for p in prompts]
         if prefill is not None and min(len(p) for p in prompts) > 1 and prefill.worth_it(heads):

@@ -28,6 +28,9 @@ import torch
 # Below this many shared tokens a separate pass costs more than it saves (one extra forward
 # call, ~5 ms of Python and kernel launches for this model, against ~2 ms of compute per token).
 MIN_SHARED = 16
+# Tokens at the end of a kept row that a continuation may re-tokenise differently (a BPE merge
+# across the seam between the prompt and the text appended to it).
+ROW_SLACK = 4
 
 
 def _lcp(a: Sequence[int], b: Sequence[int], limit: int) -> int:
@@ -61,10 +64,21 @@ class SharedPrefill:
         self.min_shared = min_shared
         self.capacity = capacity
         self._heads: OrderedDict[tuple[int, ...], list[tuple[torch.Tensor, torch.Tensor]]] = OrderedDict()
-        self.stats = {"head_hits": 0, "head_tokens_run": 0, "group_tokens_run": 0, "row_tokens_run": 0}
+        self.stats = {"head_hits": 0, "row_hits": 0, "head_tokens_run": 0, "group_tokens_run": 0, "row_tokens_run": 0}
+        self._last: tuple | None = None  # the last batch: (rows, cache layers, mask, ids)
+        self._stamp = None
+
+    def check_weights(self, stamp) -> None:
+        """Drop every kept cache when `stamp` (the weights' in-place version counters) changed:
+        keys and values computed by other weights are wrong, not merely stale."""
+        if stamp != self._stamp:
+            self.clear()
+            self._stamp = stamp
 
     def clear(self) -> None:
+        """Forget every kept cache (they hold the weights' keys and values: call after the weights change)."""
         self._heads.clear()
+        self._last = None
 
     # -- layer 1: the head every row shares ------------------------------------------------------
 
@@ -109,8 +123,10 @@ class SharedPrefill:
     # -- the whole prefill -----------------------------------------------------------------------
 
     def worth_it(self, seqs: Sequence[Sequence[int]]) -> bool:
-        if not seqs:
+        if not seqs or min(len(s) for s in seqs) < 2:
             return False
+        if self._row_matches([list(s) for s in seqs]) is not None:
+            return True
         limit = min(len(s) for s in seqs) - 1
         if len(seqs) > 1:
             return min(_lcp(seqs[0], s, limit) for s in seqs) >= self.min_shared
@@ -119,8 +135,74 @@ class SharedPrefill:
 
     def run(self, seqs: Sequence[Sequence[int]], *, pad_id: int, device, want_cache: bool = True):
         """(last logits [rows, vocab], cache or None, mask [rows, columns], ids [rows, columns])."""
-        rows = len(seqs)
         seqs = [list(s) for s in seqs]
+        reuse = self._row_matches(seqs)
+        if reuse is not None:
+            out = self._extend_rows(seqs, reuse, pad_id=pad_id, device=device)
+        else:
+            out = self._run_shared(seqs, pad_id=pad_id, device=device)
+        logits, cache, mask, ids = out
+        self._last = (seqs, _layers(cache), mask, ids)
+        return logits, (cache if want_cache else None), mask, ids
+
+    # -- rows that continue the last batch's rows --------------------------------------------------
+
+    def _row_matches(self, seqs: list[list[int]]) -> list[tuple[int, int]] | None:
+        """(old row, tokens reused) per row when every row continues a row of the last batch: the
+        judge's scoring pass after its rationale pass (prompt + rationale + score tag after the
+        prompt alone) then runs only the few new tokens per row."""
+        if self._last is None:
+            return None
+        old = self._last[0]
+        out = []
+        for s in seqs:
+            best, best_n = -1, 0
+            for i, o in enumerate(old):
+                if len(o) < best_n:
+                    continue
+                n = _lcp(o, s, len(s) - 1)
+                if n > best_n:
+                    best, best_n = i, n
+            # A BPE merge at the seam may cost the old row's last few tokens; more than that and
+            # the row is a different sample (only its head is shared: the head path is better).
+            if best < 0 or best_n < len(old[best]) - ROW_SLACK or best_n < self.min_shared:
+                return None
+            out.append((best, best_n))
+        return out
+
+    def _extend_rows(self, seqs, reuse, *, pad_id: int, device):
+        _, layers, old_mask, old_ids = self._last
+        rows = len(seqs)
+        index = torch.tensor([i for i, _ in reuse], dtype=torch.long, device=device)
+        keep = torch.tensor([n for _, n in reuse], dtype=torch.long, device=device)[:, None]
+        mask = old_mask.index_select(0, index)
+        mask = mask * (mask.cumsum(-1) <= keep)  # drop reused rows' tokens past the common part
+        ids = old_ids.index_select(0, index)
+        past = _cache([(k.index_select(0, index), v.index_select(0, index)) for k, v in layers])
+        tails = [s[n:] for s, (_, n) in zip(seqs, reuse)]
+        self.stats["row_hits"] += rows
+        return self._tail_pass(tails, past, mask, ids, pad_id=pad_id, device=device)
+
+    def _tail_pass(self, tails, past, mask, ids, *, pad_id: int, device):
+        """Every row's own tokens, left-padded so each row's last token is the last column."""
+        rows = len(tails)
+        width = max(len(t) for t in tails)
+        t_ids = torch.full((rows, width), pad_id, dtype=torch.long)
+        t_mask = torch.zeros((rows, width), dtype=torch.long)
+        for r, t in enumerate(tails):
+            t_ids[r, width - len(t):] = torch.tensor(t, dtype=torch.long)
+            t_mask[r, width - len(t):] = 1
+        t_ids, t_mask = t_ids.to(device), t_mask.to(device)
+        full_mask = torch.cat([mask, t_mask], 1)
+        positions = (full_mask.cumsum(-1) - 1).clamp(min=0)[:, -width:]
+        out = self.forward(input_ids=t_ids, attention_mask=full_mask, position_ids=positions, past_key_values=past, use_cache=True)
+        self.stats["row_tokens_run"] += rows * width
+        return out.logits[:, -1, :], out.past_key_values, full_mask, torch.cat([ids, t_ids], 1)
+
+    # -- shared heads ------------------------------------------------------------------------------
+
+    def _run_shared(self, seqs: list[list[int]], *, pad_id: int, device):
+        rows = len(seqs)
         limit = min(len(s) for s in seqs) - 1  # every row keeps >= 1 token of its own: its logits
         head_len = min(_lcp(seqs[0], s, limit) for s in seqs) if rows > 1 else limit
         head = tuple(seqs[0][:head_len])
@@ -171,21 +253,9 @@ class SharedPrefill:
             ids = torch.tensor([list(head)], dtype=torch.long, device=device).reshape(1, head_len)
             group_of = [0] * rows
 
-        # Layer 3: every row's own part, left-padded so each row's last token is the last column.
+        # Layer 3: every row's own part, left-padded.
         index = torch.tensor(group_of, dtype=torch.long, device=device)
         past = _cache([(k.index_select(0, index), v.index_select(0, index)) for k, v in layers])
         mask, ids = mask.index_select(0, index), ids.index_select(0, index)
         tails = [s[head_len + (shared[group_of[r]] if g_width else 0):] for r, s in enumerate(seqs)]
-        width = max(len(t) for t in tails)
-        t_ids = torch.full((rows, width), pad_id, dtype=torch.long)
-        t_mask = torch.zeros((rows, width), dtype=torch.long)
-        for r, t in enumerate(tails):
-            t_ids[r, width - len(t):] = torch.tensor(t, dtype=torch.long)
-            t_mask[r, width - len(t):] = 1
-        t_ids, t_mask = t_ids.to(device), t_mask.to(device)
-        full_mask = torch.cat([mask, t_mask], 1)
-        positions = (full_mask.cumsum(-1) - 1).clamp(min=0)[:, -width:]
-        out = self.forward(input_ids=t_ids, attention_mask=full_mask, position_ids=positions, past_key_values=past, use_cache=True)
-        self.stats["row_tokens_run"] += rows * width
-        cache = out.past_key_values if want_cache else None
-        return out.logits[:, -1, :], cache, full_mask, torch.cat([ids, t_ids], 1)
+        return self._tail_pass(tails, past, mask, ids, pad_id=pad_id, device=device)

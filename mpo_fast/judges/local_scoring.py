@@ -127,10 +127,19 @@ class LocalChoiceScorer:
                 self._keep_arg = False  # older models: full logits, we take the last position
         return self.model(**kwargs)
 
+    def shared_prefill(self) -> SharedPrefill | None:
+        """The shared-prefix cache, emptied first if the weights changed since it was filled (an
+        optimizer step bumps every parameter's in-place version counter)."""
+        if self.prefill is not None:
+            params = list(self.model.parameters())
+            self.prefill.check_weights((params[0]._version, params[-1]._version, len(params)))
+        return self.prefill
+
     def _prefix_pass(self, seqs: Sequence[Sequence[int]], want_cache: bool):
         device = self._device()
-        if self.prefill is not None and self.prefill.worth_it(seqs):
-            logits, cache, mask, _ = self.prefill.run(seqs, pad_id=self._pad(), device=device, want_cache=want_cache)
+        prefill = self.shared_prefill()
+        if prefill is not None and prefill.worth_it(seqs):
+            logits, cache, mask, _ = prefill.run(seqs, pad_id=self._pad(), device=device, want_cache=want_cache)
             return logits, cache, mask
         width = max(len(s) for s in seqs)
         ids = torch.full((len(seqs), width), self._pad(), dtype=torch.long)

@@ -68,10 +68,11 @@ def test_scores_equal_the_unshared_path_and_the_head_is_reused(tiny):
     plain = LocalChoiceScorer(model, tok, share_prefix=False).score(seqs, choices)
     scorer = LocalChoiceScorer(model, tok)
     first = scorer.score(seqs, choices)
-    before = scorer.prefill.stats["head_tokens_run"]
-    again = scorer.score(seqs, choices)  # the same rubric head: kept, not run again
-    assert scorer.prefill.stats["head_tokens_run"] == before
-    assert scorer.prefill.stats["head_hits"] >= 1
+    before = dict(scorer.prefill.stats)
+    again = scorer.score(seqs, choices)  # the same rows: kept, only each row's last token runs again
+    assert scorer.prefill.stats["head_tokens_run"] == before["head_tokens_run"]
+    assert scorer.prefill.stats["row_hits"] == len(seqs)
+    assert scorer.prefill.stats["row_tokens_run"] - before["row_tokens_run"] == len(seqs)
     for a, b, c in zip(plain, first, again):
         assert a.probs == pytest.approx(b.probs, abs=1e-5)
         assert b.probs == pytest.approx(c.probs, abs=1e-6)
@@ -92,6 +93,39 @@ def test_a_new_nonce_reuses_the_rubric_part_of_the_kept_head(tiny):
         got, _, _ = scorer._prefix_pass(other, want_cache=True)
         ref, _, _ = LocalChoiceScorer(model, tok, share_prefix=False)._prefix_pass(other, want_cache=True)
     assert scorer.prefill.stats["head_tokens_run"] - head < head / 4  # only the stretch after the nonce
+    assert torch.allclose(got, ref, atol=1e-4, rtol=0)
+
+
+def test_rows_continuing_the_last_batch_run_only_their_new_tokens(tiny):
+    model, tok = tiny
+    seqs = _judge_seqs(tok, _requests())
+    longer = [s + tok(" fine work. Scores:", add_special_tokens=False)["input_ids"] for s in seqs]
+    scorer = LocalChoiceScorer(model, tok)
+    with torch.inference_mode():
+        scorer._prefix_pass(seqs[::-1], want_cache=True)  # another row order: rows are matched by content
+        before = scorer.prefill.stats["row_tokens_run"]
+        got, cache, mask = scorer._prefix_pass(longer, want_cache=True)
+        ref, _, _ = LocalChoiceScorer(model, tok, share_prefix=False)._prefix_pass(longer, want_cache=True)
+    assert scorer.prefill.stats["row_hits"] == len(seqs)
+    assert scorer.prefill.stats["row_tokens_run"] - before <= len(seqs) * 12
+    assert torch.allclose(got, ref, atol=1e-4, rtol=0), (got - ref).abs().max()
+    assert int(mask.sum()) == sum(len(s) for s in longer)
+
+
+def test_changed_weights_empty_the_kept_caches(tiny):
+    model, tok = tiny
+    model = __import__("copy").deepcopy(model)
+    seqs = _judge_seqs(tok, _requests())
+    scorer = LocalChoiceScorer(model, tok)
+    with torch.inference_mode():
+        scorer._prefix_pass(seqs, want_cache=True)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(1.01)  # what an optimizer step does: in place
+    with torch.inference_mode():
+        got, _, _ = scorer._prefix_pass(seqs, want_cache=True)
+        ref, _, _ = LocalChoiceScorer(model, tok, share_prefix=False)._prefix_pass(seqs, want_cache=True)
+    assert scorer.prefill.stats["row_hits"] == 0 and scorer.prefill.stats["head_hits"] == 0
     assert torch.allclose(got, ref, atol=1e-4, rtol=0)
 
 
