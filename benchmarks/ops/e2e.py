@@ -11,6 +11,7 @@ the in-process judge (frozen).
   ("Overall quality"), max_rationale_tokens=1; `serial` runs MPOTrainer.train_step (the
   reference's generate -> judge -> update order), `overlapped` the pipeline with max_staleness=1.
 Quick: a 2-layer random Llama with SmolLM2's tokenizer, 2 x 2 samples x 8 tokens.
+MPO_FAST_E2E_THREADS sets the torch threads (default torch's), MPO_FAST_E2E_ROUNDS the rounds (default 2).
 
 Providers are measured in the same process, interleaved round by round (TRL, serial,
 overlapped, TRL, ...), each round a fresh copy of the weights; the reported s/step is the
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import logging
 import os
 import statistics
@@ -353,6 +355,8 @@ def run(ctx: BenchContext) -> Iterator[dict]:
                "unavailable": "e2e measures the CPU workload of issue 15; run with --device cpu"}
         return
     w = QUICK if ctx.quick else FULL
+    if os.environ.get("MPO_FAST_E2E_ROUNDS"):  # fewer rounds on a loaded machine, more on an idle one
+        w = dataclasses.replace(w, rounds=int(os.environ["MPO_FAST_E2E_ROUNDS"]))
     threads = int(os.environ.get("MPO_FAST_E2E_THREADS", torch.get_num_threads()))
     torch.set_num_threads(threads)
     tokenizer = load_embedded_tokenizer()
