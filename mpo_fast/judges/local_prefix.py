@@ -59,13 +59,16 @@ class SharedPrefill:
     capacity: rubric heads kept between calls (each ~20 MB for 450 tokens of SmolLM2 in fp32).
     """
 
-    def __init__(self, forward: Callable, *, min_shared: int = MIN_SHARED, capacity: int = 4):
+    def __init__(self, forward: Callable, *, min_shared: int = MIN_SHARED, capacity: int = 4, max_kept_rows: int = 16):
         self.forward = forward
         self.min_shared = min_shared
         self.capacity = capacity
         self._heads: OrderedDict[tuple[int, ...], list[tuple[torch.Tensor, torch.Tensor]]] = OrderedDict()
         self.stats = {"head_hits": 0, "row_hits": 0, "head_tokens_run": 0, "group_tokens_run": 0, "row_tokens_run": 0}
-        self._last: tuple | None = None  # the last batch: (rows, cache layers, mask, ids)
+        # Recent batches, newest last: (rows, cache layers, mask, ids), at most max_kept_rows rows
+        # in all (16 rows x 600 tokens of SmolLM2 in fp32: ~180 MB).
+        self._recent: list[tuple] = []
+        self.max_kept_rows = max_kept_rows
         self._stamp = None
 
     def check_weights(self, stamp) -> None:
@@ -78,7 +81,7 @@ class SharedPrefill:
     def clear(self) -> None:
         """Forget every kept cache (they hold the weights' keys and values: call after the weights change)."""
         self._heads.clear()
-        self._last = None
+        self._recent = []
 
     # -- layer 1: the head every row shares ------------------------------------------------------
 
@@ -130,30 +133,38 @@ class SharedPrefill:
         limit = min(len(s) for s in seqs) - 1
         if len(seqs) > 1:
             return min(_lcp(seqs[0], s, limit) for s in seqs) >= self.min_shared
-        # One row: worth it only when a kept head covers a good part of it.
-        return any(_lcp(key, seqs[0], limit) >= self.min_shared for key in self._heads)
+        # One row (the pipeline judges a sample per call): its head is kept, so the next sample
+        # runs only what follows the part they share (rubric, instructions, often the prompt).
+        return limit >= self.min_shared
 
     def run(self, seqs: Sequence[Sequence[int]], *, pad_id: int, device, want_cache: bool = True):
         """(last logits [rows, vocab], cache or None, mask [rows, columns], ids [rows, columns])."""
         seqs = [list(s) for s in seqs]
         reuse = self._row_matches(seqs)
         if reuse is not None:
-            out = self._extend_rows(seqs, reuse, pad_id=pad_id, device=device)
+            out = self._extend_rows(seqs, *reuse, pad_id=pad_id, device=device)
         else:
             out = self._run_shared(seqs, pad_id=pad_id, device=device)
         logits, cache, mask, ids = out
-        self._last = (seqs, _layers(cache), mask, ids)
+        if len(seqs) <= self.max_kept_rows:
+            self._recent.append((seqs, _layers(cache), mask, ids))
+            while sum(len(b[0]) for b in self._recent) > self.max_kept_rows:
+                self._recent.pop(0)
         return logits, (cache if want_cache else None), mask, ids
 
     # -- rows that continue the last batch's rows --------------------------------------------------
 
-    def _row_matches(self, seqs: list[list[int]]) -> list[tuple[int, int]] | None:
-        """(old row, tokens reused) per row when every row continues a row of the last batch: the
-        judge's scoring pass after its rationale pass (prompt + rationale + score tag after the
-        prompt alone) then runs only the few new tokens per row."""
-        if self._last is None:
-            return None
-        old = self._last[0]
+    def _row_matches(self, seqs: list[list[int]]) -> tuple[int, list[tuple[int, int]]] | None:
+        """(kept batch, [(its row, tokens reused)] per row) when every row continues a row of one
+        recent batch: the judge's scoring pass after its rationale pass (prompt + rationale +
+        score tag after the prompt alone) then runs only the few new tokens per row."""
+        for b in range(len(self._recent) - 1, -1, -1):
+            rows = self._match_batch(self._recent[b][0], seqs)
+            if rows is not None:
+                return b, rows
+        return None
+
+    def _match_batch(self, old: list[list[int]], seqs: list[list[int]]) -> list[tuple[int, int]] | None:
         out = []
         for s in seqs:
             best, best_n = -1, 0
@@ -170,8 +181,8 @@ class SharedPrefill:
             out.append((best, best_n))
         return out
 
-    def _extend_rows(self, seqs, reuse, *, pad_id: int, device):
-        _, layers, old_mask, old_ids = self._last
+    def _extend_rows(self, seqs, batch: int, reuse, *, pad_id: int, device):
+        _, layers, old_mask, old_ids = self._recent[batch]
         rows = len(seqs)
         index = torch.tensor([i for i, _ in reuse], dtype=torch.long, device=device)
         keep = torch.tensor([n for _, n in reuse], dtype=torch.long, device=device)[:, None]

@@ -165,3 +165,22 @@ def test_embedded_rationales_equal_with_the_shared_prefill(embedded):
     shared = asyncio.run(LocalLLM(model, tok).generate(convs, max_tokens=12))
     plain = asyncio.run(LocalLLM(model, tok, share_prefix=False).generate(convs, max_tokens=12))
     assert [g.text for g in shared] == [g.text for g in plain]
+
+
+def test_one_row_at_a_time_shares_the_head_with_the_rows_before(tiny):
+    # The pipeline judges one sample per call: the second sample runs only what follows the
+    # part it shares with the first, and its scoring pass continues its own rationale pass.
+    model, tok = tiny
+    seqs = _judge_seqs(tok, _requests())
+    scorer = LocalChoiceScorer(model, tok)
+    plain = LocalChoiceScorer(model, tok, share_prefix=False)
+    with torch.inference_mode():
+        for i, s in enumerate(seqs[:3]):
+            got, _, _ = scorer._prefix_pass([s[:-6]], want_cache=True)  # "rationale pass"
+            ran = scorer.prefill.stats["head_tokens_run"]
+            got2, _, _ = scorer._prefix_pass([s], want_cache=True)  # "scoring pass"
+            assert scorer.prefill.stats["head_tokens_run"] == ran
+            ref, _, _ = plain._prefix_pass([s], want_cache=True)
+            assert torch.allclose(got2, ref, atol=1e-4, rtol=0)
+        assert scorer.prefill.stats["row_hits"] == 3
+        assert scorer.prefill.stats["head_tokens_run"] < len(seqs[0]) + 2 * (len(seqs[0]) // 2)
