@@ -20,9 +20,10 @@ machine compare the ratios, not the seconds; every record carries the load avera
 
 The physical floor printed beside them, from rates measured in the same run:
 - decode: every new token reads all weights once for the whole batch: 64 x bytes / bandwidth;
-- judge: 2 x params FLOPs per judge token that must be computed (the rubric prefix once, each
-  sample's prompt + response + score suffix) at the measured fp32 matmul rate;
-- update: 6 x params FLOPs per trained token (forward + backward) at the same rate.
+- judge: 2 x decoder params FLOPs per judge token that must be computed (the rubric prefix once,
+  each sample's prompt + response + score suffix), plus the LM head on one position a row;
+- update: 3 x that per trained token (forward + backward), the LM head on completion tokens only;
+all at the measured fp32 matmul rate (best of 10 1024^3 matmuls).
 """
 from __future__ import annotations
 
@@ -283,11 +284,11 @@ def _rates(quick: bool) -> dict:
     n = (16 if quick else 64) * 2**20
     x = torch.ones(n)
     x.sum()
-    best = min(_timed(lambda: x.sum()) for _ in range(3))
+    best = min(_timed(lambda: x.sum()) for _ in range(5))
     bw = n * 4 / best
     a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
     a @ b
-    best = min(_timed(lambda: a @ b) for _ in range(3))
+    best = min(_timed(lambda: a @ b) for _ in range(10))
     return {"read_gb_per_s": round(bw / 1e9, 2), "matmul_gflop_per_s": round(2 * 1024**3 / best / 1e9, 1)}
 
 
@@ -298,15 +299,22 @@ def _timed(fn) -> float:
 
 
 def _floor(w: Workload, base, trainer_prompts: list[int], judge_tokens: int, rates: dict) -> dict:
+    """Seconds the step cannot beat at the measured rates. FLOPs per token: 2 x the decoder's
+    parameters (the embedding lookup is no matmul), plus 2 x the LM head (hidden x vocab) only on
+    positions whose logits are needed: every new token in decode, one per judge row, the
+    completion tokens in the update (the fused log-prob op skips the prompt positions)."""
+    head = base.get_output_embeddings().weight.numel()
     params = sum(p.numel() for p in base.parameters())
+    body = params - base.get_input_embeddings().weight.numel()  # tied or not, the lookup is free
     nbytes = sum(p.numel() * p.element_size() for p in base.parameters())
     n = w.prompts_per_step * w.group_size
     flops = rates["matmul_gflop_per_s"] * 1e9
     decode = w.max_new_tokens * nbytes / (rates["read_gb_per_s"] * 1e9)
-    prefill = 2 * params * sum(trainer_prompts) / flops
-    judge = 2 * params * judge_tokens / flops
-    train_tokens = sum(trainer_prompts) + n * w.max_new_tokens
-    update = 6 * params * train_tokens / flops
+    prefill = 2 * body * sum(trainer_prompts) / flops
+    judge = (2 * body * judge_tokens + 2 * head * n) / flops
+    completion = n * w.max_new_tokens
+    train_tokens = sum(trainer_prompts) + completion
+    update = 3 * (2 * body * train_tokens + 2 * head * completion) / flops  # forward + backward (2x)
     return {"generate_s": round(decode + prefill, 3), "judge_s": round(judge, 3), "update_s": round(update, 3),
             "step_s": round(decode + prefill + judge + update, 3), "judge_tokens": judge_tokens,
             "train_tokens": train_tokens, "params": params}
