@@ -20,6 +20,7 @@ import torch
 
 from ..models.hf_compat import cache_kwargs, output_cache
 from ..ops.expected_score import expected_score
+from .local_prefix import SharedPrefill
 from .expected import _NUMERIC, _WS, DONE, INVALID, NODE, ChoiceDistribution, ScoreChoices
 
 # Below this reach probability a node is not worth a forward step; its mass is "unresolved".
@@ -62,7 +63,10 @@ class TokenPieces:
 class LocalChoiceScorer:
     """P(each allowed score) after prefilled prompts, from a causal LM in process."""
 
-    def __init__(self, model, tokenizer, *, backend: str = "auto", max_batch_size: int = 16, use_cache: bool = True):
+    def __init__(
+        self, model, tokenizer, *, backend: str = "auto", max_batch_size: int = 16, use_cache: bool = True,
+        share_prefix: bool = True,
+    ):
         self.model = model
         self.tokenizer = tokenizer
         self.backend = backend
@@ -71,6 +75,8 @@ class LocalChoiceScorer:
         self._pieces: TokenPieces | None = None
         self._tables: dict[tuple[tuple[str, ...], str], _NodeTable] = {}
         self._keep_arg = True  # whether the model's forward takes logits_to_keep
+        # Judge prompts of one step share their rubric head, a group's its task prompt: run once.
+        self.prefill = SharedPrefill(self._forward) if share_prefix and use_cache else None
 
     @property
     def pieces(self) -> TokenPieces:
@@ -122,8 +128,20 @@ class LocalChoiceScorer:
                 self._keep_arg = False  # older models: full logits, we take the last position
         return self.model(**kwargs)
 
+    def shared_prefill(self) -> SharedPrefill | None:
+        """The shared-prefix cache, emptied first if the weights changed since it was filled (an
+        optimizer step bumps every parameter's in-place version counter)."""
+        if self.prefill is not None:
+            params = list(self.model.parameters())
+            self.prefill.check_weights((params[0]._version, params[-1]._version, len(params)))
+        return self.prefill
+
     def _prefix_pass(self, seqs: Sequence[Sequence[int]], want_cache: bool):
         device = self._device()
+        prefill = self.shared_prefill()
+        if prefill is not None and prefill.worth_it(seqs):
+            logits, cache, mask, _ = prefill.run(seqs, pad_id=self._pad(), device=device, want_cache=want_cache)
+            return logits, cache, mask
         width = max(len(s) for s in seqs)
         ids = torch.full((len(seqs), width), self._pad(), dtype=torch.long)
         mask = torch.zeros((len(seqs), width), dtype=torch.long)

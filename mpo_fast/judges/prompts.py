@@ -20,7 +20,9 @@ from .types import JudgeRequest
 
 # Bumped whenever the wording changes: part of the judge id, so cached judgements made with an
 # older prompt are never reused.
-PROMPT_VERSION = 2  # 2: nonce'd score names in constrained and prefilled expected modes
+# 3: rubric and instructions before the sample (prefix sharing); 2: nonce'd score names in
+# constrained and prefilled expected modes. Part of every judgement's cache key.
+PROMPT_VERSION = 3
 
 _SYSTEM = (
     "You are a strict, fair grader. You score a response against a rubric, one criterion at a time, "
@@ -98,15 +100,18 @@ def rm_messages(
     if spec.k != len(items):
         raise ValueError(f"ScoreSpec has k={spec.k} but {len(items)} items are to be scored")
     rubric = request.rubric
+    # What every sample of a step shares comes first, then what a group shares (the prompt), then
+    # the sample's own text: an in-process judge runs the shared head once (local_prefix.py), and
+    # servers with prefix caching (vLLM, SGLang, llama.cpp cache_prompt) serve it from cache.
     parts = [
         f"# Task\n{rubric.task}" + (f"\n{rubric.context}" if rubric.context else ""),
+        "# Rubric\n" + rubric.render(),
+        "# What to do\n" + _instructions(rubric, items, spec, form, max_chars),
         "# Prompt the writer was given\n" + _fence("prompt", nonce, request.prompt),
-        "# Response to grade\n" + _fence("response", nonce, request.response),
     ]
     if request.reference is not None:
         parts.append("# Reference answer (for checking correctness)\n" + _fence("reference", nonce, request.reference))
-    parts.append("# Rubric\n" + rubric.render())
-    parts.append("# What to do\n" + _instructions(rubric, items, spec, form, max_chars))
+    parts.append("# Response to grade\n" + _fence("response", nonce, request.response))
     return [{"role": "system", "content": _SYSTEM}, {"role": "user", "content": "\n\n".join(parts)}]
 
 

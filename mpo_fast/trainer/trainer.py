@@ -70,6 +70,16 @@ class TrainResult:
     pipeline: dict[str, Any] | None = None  # pipeline.mode=overlapped: stage busy/idle times, staleness, swaps
 
 
+def _adamw(params, **kwargs) -> torch.optim.AdamW:
+    """AdamW with torch's fused kernel where the parameters allow it (CPU and CUDA floating point,
+    torch >= 2.4), as transformers' Trainer (and so TRL) does by default. Measured on SmolLM2-135M,
+    one CPU thread: 0.35-0.57 s a step against 2.5-4.2 s for the per-parameter default."""
+    try:
+        return torch.optim.AdamW(params, fused=True, **kwargs)
+    except (RuntimeError, TypeError, ValueError):  # a device or dtype the fused kernel lacks
+        return torch.optim.AdamW(params, **kwargs)
+
+
 def _scheduler_name(name: str) -> str:
     return {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}[name]
 
@@ -198,7 +208,7 @@ class MPOTrainer:
 
     def _setup_optimisation(self) -> None:
         t = self.args.train
-        self.optimizer = torch.optim.AdamW(
+        self.optimizer = _adamw(
             self.params, lr=t.learning_rate, betas=(t.adam_beta1, t.adam_beta2), eps=t.adam_eps,
             weight_decay=t.weight_decay,
         )

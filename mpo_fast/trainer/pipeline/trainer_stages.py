@@ -423,6 +423,7 @@ def train_pipelined(trainer, settings: PipelineSettings | None = None, *, device
     """
     from ..config import pipeline_settings
     from ..run_log import Progress, RunLog
+    from ..threads import stage_threads, torch_threads
 
     a = trainer.args
     # One source of truth for meta-refinement: the trainer's meta settings (none without a meta-judge).
@@ -441,7 +442,8 @@ def train_pipelined(trainer, settings: PipelineSettings | None = None, *, device
             return PipelineReport(settings.mode, settings.max_staleness, 0.0)
         pipeline = make_pipeline(stages, settings, rubric=trainer.rubric_version, rubric_version=trainer.rubric_version.version,
                                  start_step=start, device=device)
-        return pipeline.run(a.train.max_steps - start)
+        with torch_threads(stage_threads(settings.mode, device or str(trainer.device))):  # see trainer/threads.py
+            return pipeline.run(a.train.max_steps - start)
     finally:
         stages.progress.close()
         trainer.run_log.close()
