@@ -13,6 +13,7 @@ from typing import Sequence
 
 import torch
 
+from ..models.hf_compat import with_cache_name
 from .constrained import Constraint, GrammarCompiler
 from .expected import ChoiceDistribution, ScoreChoices
 from .llm import Conversation, Generation, check_choice_rows, cut_at_stop, per_row_constraints
@@ -151,7 +152,7 @@ class LocalLLM:
         if stop:
             kwargs["stopping_criteria"] = [self._stop_criteria(tuple(stop))]
         with self._lock:
-            out = self.model.generate(**kwargs)
+            out = self.model.generate(**with_cache_name(self.model, kwargs))
         new = out[:, width:].cpu()
         eos = set(self._eos_ids())
         gens = []

@@ -25,6 +25,8 @@ from typing import Callable, Sequence
 
 import torch
 
+from ..models.hf_compat import output_cache
+
 # Below this many shared tokens a separate pass costs more than it saves (one extra forward
 # call, ~5 ms of Python and kernel launches for this model, against ~2 ms of compute per token).
 MIN_SHARED = 16
@@ -54,7 +56,7 @@ def _layers(cache) -> list[tuple[torch.Tensor, torch.Tensor]]:
 class SharedPrefill:
     """Prefill of a batch of token rows with their shared heads run once (see the module docstring).
 
-    forward: the model call, (**kwargs) -> output with .logits and .past_key_values, keeping only
+    forward: the model call, (**kwargs) -> output with .logits and a KV cache (`cache` / `past_key_values`), keeping only
     the last position's logits (LocalChoiceScorer._forward).
     capacity: rubric heads kept between calls (each ~20 MB for 450 tokens of SmolLM2 in fp32).
     """
@@ -114,7 +116,7 @@ class SharedPrefill:
             position_ids=torch.arange(best, n, device=device)[None], past_key_values=past, use_cache=True,
         )
         self.stats["head_tokens_run"] += n - best
-        layers = _layers(out.past_key_values)
+        layers = _layers(output_cache(out))
         self._keep(tokens, layers)
         return layers
 
@@ -208,7 +210,7 @@ class SharedPrefill:
         positions = (full_mask.cumsum(-1) - 1).clamp(min=0)[:, -width:]
         out = self.forward(input_ids=t_ids, attention_mask=full_mask, position_ids=positions, past_key_values=past, use_cache=True)
         self.stats["row_tokens_run"] += rows * width
-        return out.logits[:, -1, :], out.past_key_values, full_mask, torch.cat([ids, t_ids], 1)
+        return out.logits[:, -1, :], output_cache(out), full_mask, torch.cat([ids, t_ids], 1)
 
     # -- shared heads ------------------------------------------------------------------------------
 
@@ -256,7 +258,7 @@ class SharedPrefill:
                 past_key_values=past, use_cache=True,
             )
             self.stats["group_tokens_run"] += ng * g_width
-            layers = _layers(out.past_key_values)
+            layers = _layers(output_cache(out))
             mask = torch.cat([head_mask.expand(ng, -1), g_mask], 1)
             ids = torch.cat([torch.tensor([list(head)] * ng, dtype=torch.long, device=device).reshape(ng, head_len), g_ids], 1)
         else:

@@ -18,7 +18,7 @@ from typing import Sequence
 
 import torch
 
-from ..models.hf_compat import cache_kwargs, output_cache
+from ..models.hf_compat import cache_kwargs, output_cache, with_cache_name
 from ..ops.expected_score import expected_score
 from .local_prefix import SharedPrefill
 from .expected import _NUMERIC, _WS, DONE, INVALID, NODE, ChoiceDistribution, ScoreChoices
@@ -121,6 +121,7 @@ class LocalChoiceScorer:
         return pad if pad is not None else (self.tokenizer.eos_token_id or 0)
 
     def _forward(self, **kwargs):
+        kwargs = with_cache_name(self.model, kwargs)
         if self._keep_arg:
             try:
                 return self.model(**kwargs, logits_to_keep=1)

@@ -52,3 +52,16 @@ def wrap_with_peft(model: Any, peft_config: Any) -> Any:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
         return get_peft_model(model, peft_config)
+
+
+def with_cache_name(model: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """kwargs for model(...) or model.generate(...) with a `past_key_values` entry renamed to the
+    name this model takes (`cache` on transformers 5.x, where the old name warns)."""
+    if "past_key_values" not in kwargs:
+        return kwargs
+    name = _cache_kwarg_of(type(_base(model)))
+    if name == "past_key_values":
+        return kwargs
+    out = dict(kwargs)
+    out[name] = out.pop("past_key_values")
+    return out

@@ -101,7 +101,7 @@ def _trainer(tmp_path, tokenizer, rm, **cfg):
 
 
 def _judge(url, **kw):
-    cfg = EndpointConfig(base_url=url, model="m", structured_output="vllm", timeout_s=0.5, max_retries=1,
+    cfg = EndpointConfig(base_url=url, model="m", structured_output="vllm", timeout_s=1.5, max_retries=1,
                          backoff_base_s=0.01, backoff_max_s=0.02, **kw)
     return OpenAIJudge(cfg, RMSettings(scoring="parse", parse_retries=0))
 
@@ -199,8 +199,11 @@ def test_faults_through_the_overlapped_pipeline_at_staleness_one(tmp_path, token
     with ThreadedFaultServer(faulty_script()) as srv:
         judge = _judge(srv.url)
         trainer = _trainer(tmp_path, tokenizer, judge, train={"max_steps": 3}, judge={"max_failure_rate": 0.9})
+        # max_failed_fraction as the serial run's max_failure_rate: under load (CI's 2 shared cores)
+        # more than half of a batch can fail by design here (6 of every 9 replies are faults).
         report = train_pipelined(trainer, PipelineSettings(mode="overlapped", max_staleness=1, judge_timeout_s=20.0,
-                                                           stall_timeout_s=60.0, shutdown_timeout_s=5.0))
+                                                           stall_timeout_s=60.0, shutdown_timeout_s=5.0,
+                                                           max_failed_fraction=0.9))
     rows = read_jsonl(tmp_path / "run" / "metrics.jsonl")
     assert [r["step"] for r in rows] == [1, 2, 3] and report.max_observed_staleness <= 1
     assert sum(r["judge_failed"] for r in rows) > 0
