@@ -151,11 +151,13 @@ def _run_config(config, *, started: float, main: bool):
         trainer.close()
     if not main:
         return None  # rank 0 writes the summary
+    from .process_memory import peak_rss_mb
+
     usage = resource.getrusage(resource.RUSAGE_SELF)
     extra = {"judge scoring": f"{config.judge.scoring}/{config.judge.call_mode}",
              # CPU seconds of this process: on a shared machine, the work done independent of the wait
              "cpu time": f"{usage.ru_utime + usage.ru_stime:.0f} s", "threads": torch_threads(),
-             "peak memory": f"{usage.ru_maxrss / 1024:.0f} MB"}
+             "peak memory": f"{peak_rss_mb():.0f} MB"}
     if result.pipeline is not None:
         p = result.pipeline
         extra["pipeline"] = (f"{p['mode']}, max_staleness {p['max_staleness']}: {p['samples_per_s']:.3g} samples/s, "

@@ -22,7 +22,20 @@ MMAP_THRESHOLD_BYTES = 128 * 1024
 
 
 def peak_rss_mb() -> float:
-    """This process's peak resident set size so far, in MiB (Linux reports ru_maxrss in KiB)."""
+    """This process's peak resident set size so far, in MiB.
+
+    Linux: VmHWM from /proc/self/status, the high-water mark of this process's own memory.
+    Not ru_maxrss: Linux carries ru_maxrss across execve, so a process started from a large
+    parent (pytest at 2.7 GB) reports the parent's peak. Elsewhere ru_maxrss (KiB on Linux and
+    BSD, bytes on macOS).
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # "VmHWM:   1892352 kB"
+    except (OSError, ValueError, IndexError):
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 1024 if sys.platform != "darwin" else peak / 2**20
 

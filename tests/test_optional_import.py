@@ -52,3 +52,4 @@ def test_peft_config_error_reports_the_import_error_not_a_missing_package(monkey
 def test_message_for_module_without_spec():
     msg = describe_import_failure("x_not_there_at_all", ImportError("boom"), needed_for="A needs x", install="pip install x")
     assert msg == "A needs x but x_not_there_at_all is not installed: pip install x"
+
