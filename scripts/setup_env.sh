@@ -34,6 +34,14 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$deps_hash" ]; then
     || echo "[setup] llama-cpp-python could not be built: the server integration tests will be skipped" >&2
   echo "$deps_hash" > "$stamp"
 fi
+# Headless Chromium for the report's browser test (tests/evaluation/test_report.py), from Debian's
+# packages when missing and we may install them; the test skips with a reason where it cannot be had.
+if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
+    && [ "${MPO_FAST_SKIP_CHROMIUM:-0}" = "0" ]; then
+  echo "[setup] installing chromium (Debian package) for the report's browser test" >&2
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } >/dev/null 2>&1 \
+    || echo "[setup] chromium could not be installed: the report's browser test will be skipped" >&2
+fi
 echo "[setup] building mpo_fast (C++ extension; CUDA extension when nvcc is found)" >&2
 "${pip[@]}" install -q --no-build-isolation --no-deps -e "$root"
 "$venv/bin/python" -c "import mpo_fast; [print(f'[setup] backend {k:9s} {v}', file=__import__('sys').stderr) for k, v in mpo_fast.backends().items()]"

@@ -143,7 +143,11 @@ def test_report_renders_in_headless_chromium(run_dir, tmp_path):
         pytest.skip("Debian's chromium is not installed on this machine (apt-get install chromium)")
     path = write_report(run_dir)
     shot = tmp_path / "report.png"
-    done = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", f"--screenshot={shot}",
+    # The background-networking flags: this machine has no network, and Chromium otherwise retries
+    # its update and sync hosts at every start.
+    done = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                           f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}",
                            "--window-size=1200,3000", "--enable-logging=stderr", "--v=0", path.as_uri()],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
