@@ -53,6 +53,7 @@ import httpx
 import torch
 
 from benchmarks.common import BenchContext
+from mpo_fast.trainer.threads import torch_threads
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 
@@ -179,15 +180,6 @@ def _trainer(w: Workload, base_model, tokenizer, judge_url: str, http_concurrenc
                       processing_class=tokenizer)
 
 
-@contextlib.contextmanager
-def _torch_threads(n: int | None):
-    before = torch.get_num_threads()
-    if n is not None:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _profiled(device: str, name: str):
@@ -224,7 +216,7 @@ def run(ctx: BenchContext) -> Iterator[dict]:
                 trainer = _trainer(w, base, tokenizer, server.base_url, http_concurrency, Path(tmp) / "run")
                 threads = 1
                 before = server.stats()
-                with _torch_threads(threads), _profiled(device, name) as prof:
+                with torch_threads(threads), _profiled(device, name) as prof:
                     report = train_pipelined(trainer, settings, device=device)
                 trace = None
                 if prof is not None:  # written when the profiled block ended

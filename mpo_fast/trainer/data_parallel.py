@@ -281,6 +281,11 @@ def make_distributed_trainer_class():
                                  "vLLM's external launcher); use rollout.backend=remote with vLLM servers, or hf")
             if args.pipeline.mode != "serial":
                 raise ValueError("pipeline.mode=overlapped runs in one process; with torchrun use pipeline.mode=serial")
+            if args.train.algorithm != "grpo":
+                # PPOUpdater has no data-parallel gradient sum and the value head is not broadcast:
+                # ranks would silently diverge.
+                raise ValueError(f"train.algorithm={args.train.algorithm} runs in one process for now; with torchrun use "
+                                 "train.algorithm=grpo")
             shard_range(args.rollout.prompts_per_step, ctx.rank, ctx.world_size)  # fails fast on an uneven split
             args.log.progress = args.log.progress and ctx.is_main
             super().__init__(model, args, *a, **kw)

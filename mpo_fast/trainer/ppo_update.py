@@ -10,7 +10,6 @@ clipping, skip-on-non-finite and one scheduler step per optimizer step as in upd
 from __future__ import annotations
 
 import logging
-import math
 
 import torch
 
@@ -20,7 +19,7 @@ from .batch import TrainBatch
 from .config import TrainSettings
 from .logprobs import PolicyLogprobs, causal_lm_of
 from .ppo import ValueHead, gae, token_rewards, value_loss, whiten
-from .update import UpdateResult, advance_schedule
+from .update import UpdateResult, clip_and_step
 
 log = logging.getLogger("mpo_fast")
 
@@ -99,15 +98,8 @@ class PPOUpdater:
                 loss_total += float(loss.detach()) * w / s.ppo_epochs
                 vf_total += float(vl.detach()) * w / s.ppo_epochs
                 clip_frac += float(metrics["clip_fraction"]) * w / s.ppo_epochs
-            norm = torch.nn.utils.clip_grad_norm_(self.params, s.max_grad_norm if s.max_grad_norm > 0 else math.inf)
-            grad_norm = float(norm)
-            if math.isfinite(grad_norm):
-                self.optimizer.step()
-            else:
-                skipped += 1
-                log.warning("non-finite gradient norm (%s): optimizer step skipped, gradients dropped", grad_norm)
-            self.optimizer.zero_grad(set_to_none=True)
-            advance_schedule(self.scheduler)
+            grad_norm, stepped = clip_and_step(self.optimizer, self.scheduler, self.params, s.max_grad_norm)
+            skipped += 0 if stepped else 1
         returns_mean = float(torch.cat([r[m.completion_mask] for r, m in zip(rets, micros)]).mean())
         return UpdateResult(
             loss=loss_total, grad_norm=grad_norm, skipped_steps=skipped, optimizer_steps=s.ppo_epochs, lr=lr,

@@ -43,6 +43,20 @@ def advance_schedule(scheduler) -> None:
         scheduler.step()
 
 
+def clip_and_step(optimizer, scheduler, params, max_grad_norm: float) -> tuple[float, bool]:
+    """Clip the gradient norm, step unless it is non-finite, zero the gradients, advance the
+    schedule. (grad norm, stepped). Shared by the GRPO and PPO updaters."""
+    norm = float(torch.nn.utils.clip_grad_norm_(params, max_grad_norm if max_grad_norm > 0 else math.inf))
+    stepped = math.isfinite(norm)
+    if stepped:
+        optimizer.step()
+    else:
+        log.warning("non-finite gradient norm (%s): optimizer step skipped, gradients dropped", norm)
+    optimizer.zero_grad(set_to_none=True)
+    advance_schedule(scheduler)
+    return norm, stepped
+
+
 class PolicyUpdater:
     def __init__(
         self,
@@ -133,15 +147,8 @@ class PolicyUpdater:
                     gap = (logp.detach() - m.behaviour_logp)[mask].abs()
                     behaviour_diff.append((float(gap.sum()), int(mask.sum())))
             self._sync_gradients()
-            norm = torch.nn.utils.clip_grad_norm_(self.params, s.max_grad_norm if s.max_grad_norm > 0 else math.inf)
-            grad_norm = float(norm)
-            if math.isfinite(grad_norm):
-                self.optimizer.step()
-            else:
-                skipped += 1
-                log.warning("non-finite gradient norm (%s): optimizer step skipped, gradients dropped", grad_norm)
-            self.optimizer.zero_grad(set_to_none=True)
-            advance_schedule(self.scheduler)
+            grad_norm, stepped = clip_and_step(self.optimizer, self.scheduler, self.params, s.max_grad_norm)
+            skipped += 0 if stepped else 1
         metrics = dict(sums)
         metrics["ratio_min"] = ratio_min
         metrics["ratio_max"] = ratio_max

