@@ -18,7 +18,7 @@ from typing import Sequence
 
 import torch
 
-from ..models.hf_compat import cache_kwargs, output_cache, with_cache_name
+from ..models.hf_compat import output_cache, with_cache_name
 from ..ops.expected_score import expected_score
 from .local_prefix import SharedPrefill
 from .expected import _NUMERIC, _WS, DONE, INVALID, NODE, ChoiceDistribution, ScoreChoices
@@ -172,8 +172,8 @@ class LocalChoiceScorer:
             attn = torch.cat([mask.index_select(0, index), torch.ones(len(entries), depth, dtype=mask.dtype, device=device)], 1)
             pos = mask.index_select(0, index).sum(-1, keepdim=True) + torch.arange(depth, device=device)
             tokens = torch.tensor([paths[e] for e in entries], dtype=torch.long, device=device)
-            out = self._forward(input_ids=tokens, attention_mask=attn, position_ids=pos, use_cache=True,
-                                **cache_kwargs(self.model, sub))
+            out = self._forward(input_ids=tokens, attention_mask=attn, position_ids=pos, past_key_values=sub,
+                                use_cache=True)  # _forward renames the cache argument for this model
             logits = out.logits[:, -1, :]
             for j, e in enumerate(entries):
                 out_rows[e] = logits[j]

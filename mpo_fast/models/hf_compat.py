@@ -27,11 +27,6 @@ def _base(model: Any) -> Any:
     return get_base() if callable(get_base) else model
 
 
-def cache_kwargs(model: Any, cache: Any) -> dict[str, Any]:
-    """{name: cache} with the KV-cache argument name this model's forward takes."""
-    return {_cache_kwarg_of(type(_base(model))): cache}
-
-
 def output_cache(out: Any) -> Any:
     """The KV cache a forward returned (`cache` in transformers >= 5.x, `past_key_values` before)."""
     keys = out.keys() if hasattr(out, "keys") else ()

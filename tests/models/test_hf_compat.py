@@ -6,7 +6,7 @@ import warnings
 import pytest
 import torch
 
-from mpo_fast.models.hf_compat import cache_kwargs, output_cache, wrap_with_peft
+from mpo_fast.models.hf_compat import output_cache, with_cache_name, wrap_with_peft
 from tests.tiny_models import char_tokenizer, tiny_causal_lm
 
 
@@ -21,7 +21,7 @@ def test_cache_round_trip_matches_a_full_pass_without_future_warnings():
             first = model(input_ids=ids[:, :4], use_cache=True)
             cache = output_cache(first)
             assert cache is not None
-            rest = model(input_ids=ids[:, 4:], use_cache=True, **cache_kwargs(model, cache)).logits[:, -1]
+            rest = model(**with_cache_name(model, dict(input_ids=ids[:, 4:], use_cache=True, past_key_values=cache))).logits[:, -1]
     torch.testing.assert_close(rest, full, rtol=1e-5, atol=1e-5)
 
 
@@ -33,7 +33,8 @@ def test_peft_wrap_is_silent_and_keeps_cache_names():
     with warnings.catch_warnings():
         warnings.simplefilter("error", FutureWarning)
         model = wrap_with_peft(tiny_causal_lm(tok), LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj"], task_type="CAUSAL_LM"))
-    assert set(cache_kwargs(model, None)) == set(cache_kwargs(model.get_base_model(), None))
+    probe = {"past_key_values": None}
+    assert set(with_cache_name(model, probe)) == set(with_cache_name(model.get_base_model(), probe))
 
 
 def test_output_cache_reads_either_name():
