@@ -23,7 +23,6 @@ import base64
 import copy
 import dataclasses
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any, Callable
 
 import torch
@@ -49,6 +48,7 @@ from .distributed import (
     shard_range,
 )
 from .run_log import RunLog
+from .step_record import StepTimings
 from .update import _MEAN_METRICS, PolicyUpdater, UpdateResult
 
 
@@ -341,14 +341,14 @@ def make_distributed_trainer_class():
                 self.rollout.sync_weights(self.model, self.policy_version)
             return resume_step
 
-        def save_checkpoint(self):
+        def save_checkpoint(self, extra_state=None):
             ctx = self.dist
             rngs = all_gather(_encode_rng(*ckpt.capture_rng()))
 
             def save():
                 return ckpt.save_checkpoint(
                     self.output_dir, self.step, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
-                    state={**self._state(), "world_size": ctx.world_size, "rank_rng": rngs},
+                    state={**self._state(), **(extra_state or {}), "world_size": ctx.world_size, "rank_rng": rngs},
                     keep=self.args.log.save_total_limit,
                 )
 
@@ -392,24 +392,26 @@ def make_distributed_trainer_class():
                 self.rubric_version = version
             return evolved
 
-        def _metrics_row(self, step, rubric_version, rollouts, scored, adv, update, signals, evolved, timings):
+        def _metrics_row(self, facts, update, evolution):
+            """The shared row (step_record.metrics_row) over every rank's samples, gathered here."""
             ctx = self.dist
+            scored = facts.scored
             local = {
-                "hash": rubric_version.hash,
+                "hash": facts.rubric_version.hash,
                 "judge_hashes": sorted({j.rubric_hash for j in scored.judgements if getattr(j, "rubric_hash", None)}),
                 "rewards": scored.rewards.tolist(), "valid": scored.valid.tolist(),
                 "judge_rewards": list(scored.judge_rewards), "rule_rewards": list(scored.rule_rewards),
                 # Whole judgements (less their text) so rank 0's metrics see every field the
                 # single-process row reads: failure causes, score mass, per-item scores.
                 "judgements": [({**j.to_dict(), "rationale": ""}, j.cached) for j in scored.judgements],
-                "lengths": [len(r.completion_ids) for r in rollouts], "finished": [r.finished for r in rollouts],
-                "degenerate": int(adv.degenerate_groups), "timings": timings,
+                "lengths": facts.lengths, "finished": facts.finished,
+                "degenerate": facts.degenerate_groups, "timings": dataclasses.asdict(facts.timings),
                 "pool": pool.snapshot() if (pool := pool_of(self.judge)) is not None else None,
             }
             parts = all_gather(local)
             hashes = {p["hash"] for p in parts} | {h for p in parts for h in p["judge_hashes"]}
             if len(hashes) != 1:
-                raise DistributedError(f"step {step}: the ranks scored with different rubrics {sorted(hashes)}; "
+                raise DistributedError(f"step {facts.step}: the ranks scored with different rubrics {sorted(hashes)}; "
                                        "the rubric broadcast failed")
             g = lambda key: [x for p in parts for x in p[key]]  # noqa: E731
             global_scored = stages.ScoredRollouts(
@@ -417,13 +419,12 @@ def make_distributed_trainer_class():
                 judgements=[dataclasses.replace(Judgement.from_dict(d), cached=c) for d, c in g("judgements")],
                 judge_rewards=g("judge_rewards"), rule_rewards=g("rule_rewards"),
             )
-            global_rollouts = [SimpleNamespace(completion_ids=range(n), finished=f) for n, f in zip(g("lengths"), g("finished"))]
-            global_adv = SimpleNamespace(degenerate_groups=sum(p["degenerate"] for p in parts))
             # The step lasts as long as its slowest rank: stage times are maxima, so samples/s and
             # generated tokens/s come out as the sums over ranks.
-            slowest = {k: max(p["timings"][k] for p in parts) for k in timings}
-            row = super()._metrics_row(step, rubric_version, global_rollouts, global_scored, global_adv, update, signals,
-                                       evolved, slowest)
+            slowest = StepTimings(**{k: max(p["timings"][k] for p in parts) for k in local["timings"]})
+            global_facts = dataclasses.replace(facts, scored=global_scored, lengths=g("lengths"), finished=g("finished"),
+                                               degenerate_groups=sum(p["degenerate"] for p in parts), timings=slowest)
+            row = super()._metrics_row(global_facts, update, evolution)
             row["world_size"] = ctx.world_size
             if any(p["pool"] for p in parts):  # cumulative per-endpoint counters of every rank's judge pool
                 row["judge_endpoints"] = merge_snapshots(p["pool"] for p in parts)

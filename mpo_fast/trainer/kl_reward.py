@@ -24,9 +24,17 @@ def kl_penalised_rewards(rewards: torch.Tensor, valid: torch.Tensor, kl_per_sequ
 
 
 @torch.no_grad()
-def sequence_k1(logprobs: PolicyLogprobs, batch: TrainBatch, *, micro_batch_size: int, device: torch.device) -> torch.Tensor:
+def sequence_k1(logprobs: PolicyLogprobs, batch: TrainBatch, *, micro_batch_size: int, device: torch.device,
+                behaviour: bool = False) -> torch.Tensor:
     """[B] sum over each completion of log pi - log pi_ref (float32, on the CPU), the policy in eval
-    mode (no dropout) as it sampled."""
+    mode (no dropout) as it sampled.
+
+    behaviour: log pi is the one the rollout recorded (batch.behaviour_logp): for a batch sampled
+    by an older policy than the current one (the overlapped schedule at max_staleness > 0), the
+    k1 of the policy that sampled it, as the reward is defined."""
+    if behaviour and batch.behaviour_logp is None:
+        raise ValueError("behaviour=True but the batch carries no behaviour log-probs; use a rollout backend that "
+                         "records them (HF generate and vLLM do), or pipeline.max_staleness: 0")
     model = logprobs.model
     was_training = model.training
     model.eval()
@@ -34,7 +42,8 @@ def sequence_k1(logprobs: PolicyLogprobs, batch: TrainBatch, *, micro_batch_size
         sums = []
         for start in range(0, batch.size, micro_batch_size):
             m = batch.select(list(range(start, min(start + micro_batch_size, batch.size)))).to(device)
-            k1 = (logprobs.policy(m) - logprobs.reference(m)) * m.completion_mask
+            policy = m.behaviour_logp if behaviour else logprobs.policy(m)
+            k1 = (policy - logprobs.reference(m)) * m.completion_mask
             sums.append(k1.sum(dim=-1).float().cpu())
         return torch.cat(sums)
     finally:

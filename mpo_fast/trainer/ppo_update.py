@@ -49,8 +49,14 @@ class PPOUpdater:
         v = torch.zeros(shape, dtype=torch.float32, device=flat.device).index_put((m.rows, m.slots), values.float())
         return logp, v
 
-    def update(self, batch: TrainBatch, scores: torch.Tensor) -> UpdateResult:
+    def update(self, batch: TrainBatch, scores: torch.Tensor, *, behaviour_old_logp: bool = False) -> UpdateResult:
+        """behaviour_old_logp: the batch was sampled by an older policy (overlapped, max_staleness > 0):
+        the ratio's old log-probs and the reward's k1 are the rollout's recorded ones (the policy
+        that acted); the values still come from the current head (the critic has no stale copy)."""
         s = self.settings
+        if behaviour_old_logp and batch.behaviour_logp is None:
+            raise ValueError("behaviour_old_logp=True but the batch carries no behaviour log-probs; use a rollout "
+                             "backend that records them (HF generate and vLLM do), or pipeline.max_staleness: 0")
         model = self.logprobs.model
         lr = float(self.optimizer.param_groups[0]["lr"])
         size = s.micro_batch_size
@@ -62,6 +68,8 @@ class PPOUpdater:
         with torch.no_grad():
             for m, sc in zip(micros, chunks):
                 logp, values = self._forward(m)
+                if behaviour_old_logp:
+                    logp = m.behaviour_logp
                 k1 = None
                 if s.kl_coef > 0:
                     k1 = (logp - self.logprobs.reference(m)) * m.completion_mask

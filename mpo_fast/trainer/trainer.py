@@ -27,13 +27,11 @@ from typing import Any, Sequence
 
 import torch
 
-from ..judges.types import judgement_metrics
-from ..process_memory import peak_rss_mb
 from ..rollout import HFRollout, Rollout, RolloutBackend, SamplingParams
 from ..rubrics import Rubric, RubricStore, RubricVersion, load_rubric
 from ..tasks import Task, get_task
 from . import checkpoint as ckpt
-from . import stages
+from . import stages, step_record
 from .batch import build_train_batch
 from .config import MPOConfig
 from .data import PromptSampler, as_examples
@@ -42,6 +40,7 @@ from .logprobs import PolicyLogprobs, adapters_disabled, causal_lm_of, is_peft_m
 from .run_log import Progress, RunLog, read_jsonl
 from .ppo import ValueHead
 from .ppo_update import PPOUpdater
+from .step_record import RunCounters, StepFacts, StepTimings
 from .update import PolicyUpdater, UpdateResult, advance_schedule
 
 log = logging.getLogger("mpo_fast")
@@ -68,6 +67,16 @@ class TrainResult:
     last_checkpoint: str | None
     metrics: list[dict[str, Any]] = field(default_factory=list, repr=False)
     pipeline: dict[str, Any] | None = None  # pipeline.mode=overlapped: stage busy/idle times, staleness, swaps
+
+
+@dataclass
+class StepUpdate:
+    """What the advantages + update stages of one step produced (MPOTrainer.train_on)."""
+
+    advantages: torch.Tensor  # [B] per sample, what samples.jsonl shows (PPO: the mean of its token advantages)
+    degenerate_groups: int
+    update: UpdateResult | None  # None: no validly judged row, nothing trained
+    kl_reward_mean: float | None  # train.kl_in=reward (GRPO): mean per-sequence sum of k1 over valid samples
 
 
 def _adamw(params, **kwargs) -> torch.optim.AdamW:
@@ -164,6 +173,8 @@ class MPOTrainer:
         self.rubric_version: RubricVersion | None = None
         self.last_checkpoint: Path | None = None
         self._last_evolution = None
+        self._run_started = time.perf_counter()
+        self.restored_state: dict[str, Any] | None = None  # the checkpoint state a resumed run started from
 
     def _setup_model(self, model, tokenizer, peft_config) -> None:
         """Policy (LoRA-wrapped when peft_config is given), tokenizer, and the KL reference:
@@ -353,6 +364,7 @@ class MPOTrainer:
         """Prepare output_dir and the run state: a fresh rubric store, or everything the newest
         checkpoint holds (weights, optimizer, scheduler, sampler, rubric version, counters) with the
         rollout backend synced to the restored weights. Returns the step resumed after, or None."""
+        self._run_started = time.perf_counter()
         resume_step = self._prepare_output_dir()
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.store = RubricStore(self.output_dir / "rubrics")
@@ -362,19 +374,24 @@ class MPOTrainer:
             path = ckpt.checkpoints_dir(self.output_dir) / f"step-{resume_step:06d}"
             state = ckpt.load_checkpoint(path, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler)
             self._load_state(state)
+            self.restored_state = state
             self.last_checkpoint = path
             self.rollout.sync_weights(self.model, self.policy_version)
         return resume_step
 
-    def save_checkpoint(self) -> Path:
+    def save_checkpoint(self, extra_state: dict[str, Any] | None = None) -> Path:
+        """extra_state: what a schedule keeps beyond the trainer's own state (the overlapped
+        pipeline's meta-judge sample window), read back from `restored_state` on resume."""
         self.last_checkpoint = ckpt.save_checkpoint(
             self.output_dir, self.step, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
-            state=self._state(), keep=self.args.log.save_total_limit,
+            state={**self._state(), **(extra_state or {})}, keep=self.args.log.save_total_limit,
         )
         return self.last_checkpoint
 
     def train_step(self, step: int) -> dict[str, Any]:
-        """One MPO step; returns its metrics row (also written to metrics.jsonl by train())."""
+        """One MPO step on the serial schedule; returns its metrics row (also written to
+        metrics.jsonl by train()). The pipelined schedules run the same stage methods
+        (count_judgements, train_on, step_row; pipeline/trainer_stages.py), only at other times."""
         args = self.args
         t_start = time.perf_counter()
         rubric_version = self.rubric_version
@@ -395,57 +412,116 @@ class MPOTrainer:
                 rule_weight=args.task.rule_weight, missing_eos_penalty=args.rollout.missing_eos_penalty,
             )
         judge_s = time.perf_counter() - t0
+        self.count_judgements(step, scored)
+
+        # advantages + update (failed judgements are out of the batch, and so out of the loss mask)
+        t0 = time.perf_counter()
+        trained = self.train_on(rollouts, scored, version_after=self.policy_version + 1)
+        if trained.update is not None:
+            self.rollout.sync_weights(self.model, self.policy_version)
+        update_s = time.perf_counter() - t0
+
+        # samples + evolve
+        sample_prompts = [prompts[r.prompt_index] for r in rollouts]
+        self.run_log.samples(self.sample_records(step, sample_prompts, rollouts, scored, trained, rubric_version, staleness=0))
+        self.meta_buffer.add(stages.meta_samples(step, prompts, rollouts, scored, rubric_version.hash))
+        signals = self.signals.observe(step, rollouts, scored) if self.signals is not None else []
+        t0 = time.perf_counter()
+        self._maybe_evolve(step, signals)
+        evolve_s = time.perf_counter() - t0
+        evolution, self._last_evolution = self._last_evolution, None
+
+        timings = StepTimings(generate_s=generate_s, judge_s=judge_s, update_s=update_s, evolve_s=evolve_s,
+                              step_seconds=time.perf_counter() - t_start)
+        facts = self.step_facts(step, rubric_version, rollouts, scored, trained, staleness=0, schedule="serial",
+                                signals=signals, timings=timings)
+        return self.step_row(facts, trained, evolution)
+
+    # -- the stages every schedule runs (serial: train_step; pipelined: pipeline/trainer_stages.py) --
+
+    def count_judgements(self, step: int, scored: stages.ScoredRollouts) -> None:
+        """Add a step's judgements to the run's tallies; JudgeFailureRateError past
+        judge.max_failure_rate (once judge.min_judged were judged): one rule for every schedule."""
         self._count_failures(step, scored)
 
-        # advantages (with KL in the reward, where configured: r - kl_coef * sum_t k1_t)
+    def train_on(self, rollouts: list[Rollout], scored: stages.ScoredRollouts, *, version_after: int,
+                 behaviour_old_logp: bool = False) -> StepUpdate:
+        """Advantages (with KL in the reward where configured) and the update on the validly judged
+        rows; the weights become `version_after`. No valid row: no update, the LR schedule still
+        advances one slot per PPO epoch so it stays aligned with the step count.
+
+        behaviour_old_logp: the batch was sampled by an older policy (a pipeline with max_staleness
+        > 0): the importance ratio, and the k1 of KL-in-reward, are taken against the log-probs the
+        rollout recorded instead of the current policy's."""
+        args, t = self.args, self.args.train
+        group = args.rollout.num_generations
         adv_input, kl_seq = scored, None
-        if args.train.kl_in == "reward" and args.train.kl_coef > 0 and args.train.algorithm == "grpo":
+        if t.kl_in == "reward" and t.kl_coef > 0 and t.algorithm == "grpo":  # r - kl_coef * sum_t k1_t
             kl_seq = sequence_k1(self.logprobs, build_train_batch(rollouts, torch.zeros(len(rollouts)),
                                                                   pad_token_id=self.tokenizer.pad_token_id),
-                                 micro_batch_size=args.train.micro_batch_size, device=self.device)
+                                 micro_batch_size=t.micro_batch_size, device=self.device, behaviour=behaviour_old_logp)
             adv_input = dataclasses.replace(scored, rewards=kl_penalised_rewards(scored.rewards, scored.valid, kl_seq,
-                                                                                 args.train.kl_coef))
-        adv = stages.advantages(adv_input, group_size=group, mode=args.train.advantage_mode, eps=args.train.advantage_eps)
-
-        # update: failed judgements are out of the batch (and so out of the loss mask)
-        t0 = time.perf_counter()
+                                                                                 t.kl_coef))
+        adv = stages.advantages(adv_input, group_size=group, mode=t.advantage_mode, eps=t.advantage_eps)
         keep = self._update_rows(scored)
         update: UpdateResult | None = None
+        logged = adv.advantages
         if keep:
             batch = build_train_batch(
                 [rollouts[i] for i in keep], adv.advantages[keep], pad_token_id=self.tokenizer.pad_token_id
             )
-            if args.train.algorithm == "ppo":  # token advantages from the judge's scores (ppo_update.py)
-                update = self.updater.update(batch, scored.rewards[keep])
+            if t.algorithm == "ppo":  # token advantages from the judge's scores (ppo_update.py)
+                update = self.updater.update(batch, scored.rewards[keep], behaviour_old_logp=behaviour_old_logp)
+                logged = torch.zeros(len(rollouts))  # the advantages PPO trained on (per-sample token mean)
+                logged[keep] = self.updater.sequence_advantages
             else:
-                update = self.updater.update(batch)
-            self.policy_version += 1
-            self.rollout.sync_weights(self.model, self.policy_version)
+                update = self.updater.update(batch, behaviour_old_logp=behaviour_old_logp)
+            self.policy_version = version_after
             self.skipped_nonfinite += update.skipped_steps
         else:
-            for _ in range(args.train.ppo_epochs):  # keep the schedule aligned with the step count
-                advance_schedule(self.scheduler)
-        update_s = time.perf_counter() - t0
-
-        # samples + evolve
-        logged_adv = adv.advantages
-        if args.train.algorithm == "ppo" and keep:  # the advantages PPO trained on (per-sample token mean)
-            logged_adv = torch.zeros(len(rollouts))
-            logged_adv[keep] = self.updater.sequence_advantages
-        self._log_samples(step, prompts, rollouts, scored, logged_adv, rubric_version)
-        self.meta_buffer.add(stages.meta_samples(step, prompts, rollouts, scored, rubric_version.hash))
-        signals = self.signals.observe(step, rollouts, scored) if self.signals is not None else []
-        t0 = time.perf_counter()
-        evolved = self._maybe_evolve(step, signals)
-        evolve_s = time.perf_counter() - t0
-
-        step_s = time.perf_counter() - t_start
-        row = self._metrics_row(
-            step, rubric_version, rollouts, scored, adv, update, signals, evolved,
-            dict(generate_s=generate_s, judge_s=judge_s, update_s=update_s, evolve_s=evolve_s, step_seconds=step_s),
-        )
+            self.skip_update()
+        kl_mean = None
         if kl_seq is not None:  # per-sequence sum of k1 over the valid samples (what the reward lost / kl_coef)
-            row["kl_reward_mean"] = _mean([float(k) for k, v in zip(kl_seq.tolist(), scored.valid.tolist()) if v])
+            kl_mean = _mean([float(k) for k, v in zip(kl_seq.tolist(), scored.valid.tolist()) if v])
+        return StepUpdate(advantages=logged.detach().cpu(), degenerate_groups=int(adv.degenerate_groups), update=update,
+                          kl_reward_mean=kl_mean)
+
+    def mark_evolved(self, step: int) -> None:
+        """The meta-judge ran after `step` (meta.min_steps_between counts from here)."""
+        self.last_evolve_step = step
+
+    def skip_update(self) -> None:
+        """A step that trains nothing still takes its LR-schedule slots (one per PPO epoch)."""
+        for _ in range(self.args.train.ppo_epochs):
+            advance_schedule(self.scheduler)
+
+    def counters(self) -> RunCounters:
+        return RunCounters(judged=self.judged, judge_failed=self.judge_failed, skipped_nonfinite=self.skipped_nonfinite)
+
+    def sample_records(self, step: int, prompts: Sequence[stages.PromptItem], rollouts: Sequence[Rollout],
+                       scored: stages.ScoredRollouts, trained: StepUpdate, rubric_version: RubricVersion, *,
+                       staleness) -> list[dict[str, Any]]:
+        return step_record.sample_records(step, prompts, rollouts, scored, trained.advantages.tolist(), rubric_version,
+                                          staleness=staleness, limit=self.args.log.samples_per_step)
+
+    def step_facts(self, step: int, rubric_version: RubricVersion, rollouts: Sequence[Rollout],
+                   scored: stages.ScoredRollouts, trained: StepUpdate, *, staleness: int, schedule: str,
+                   signals: list[str], timings: StepTimings, rubric_next: int | None = None,
+                   wall_s: float | None = None) -> StepFacts:
+        return StepFacts(
+            step=step, rubric_version=rubric_version, scored=scored,
+            lengths=[len(r.completion_ids) for r in rollouts], finished=[bool(r.finished) for r in rollouts],
+            degenerate_groups=trained.degenerate_groups, policy_version=self.policy_version, staleness=staleness,
+            schedule=schedule, signals=list(signals),
+            rubric_next=self.rubric_version.version if rubric_next is None else rubric_next, timings=timings,
+            wall_s=time.perf_counter() - self._run_started if wall_s is None else wall_s,
+            lr=float(self.optimizer.param_groups[0]["lr"]),
+        )
+
+    def step_row(self, facts: StepFacts, trained: StepUpdate, evolution_result: Any = None) -> dict[str, Any]:
+        """The step's metrics.jsonl row (step_record.metrics_row), the same keys in every schedule."""
+        row = self._metrics_row(facts, trained.update, step_record.evolution_metrics(evolution_result))
+        row["kl_reward_mean"] = trained.kl_reward_mean
         return row
 
     # -- stage helpers ----------------------------------------------------------------------
@@ -476,38 +552,6 @@ class MPOTrainer:
                 "Fix: check the judge is reachable and answering; with a small judge model use judge.scoring=expected "
                 "or constrained (free-text parsing fails on small models); then resume with resume=true"
             )
-
-    def _log_samples(self, step, prompts, rollouts: list[Rollout], scored, advantages, rubric_version) -> None:
-        limit = self.args.log.samples_per_step
-        rows = []
-        for i, r in enumerate(rollouts[: limit if limit is not None else len(rollouts)]):
-            j = scored.judgements[i]
-            rows.append(
-                {
-                    "step": step,
-                    "prompt_id": prompts[r.prompt_index].example.id,
-                    "prompt": prompts[r.prompt_index].text,
-                    "sample_index": r.sample_index,
-                    "response": r.text,
-                    "reward": float(scored.rewards[i]) if bool(scored.valid[i]) else None,
-                    "judge_reward": scored.judge_rewards[i],
-                    "rule_reward": scored.rule_rewards[i],
-                    "valid": bool(scored.valid[i]),
-                    "advantage": float(advantages[i]),
-                    "item_scores": list(j.item_scores),
-                    "item_status": [getattr(s, "name", str(s)) for s in j.item_status],
-                    "rationale": j.rationale,
-                    "judge_error": j.error,
-                    "judge_mode": j.mode,
-                    "cached": j.cached,
-                    "rubric_version": rubric_version.version,
-                    "rubric_hash": rubric_version.hash,
-                    "finished": r.finished,
-                    "length": len(r.completion_ids),
-                    "policy_version": r.policy_version,
-                }
-            )
-        self.run_log.samples(rows)
 
     def _maybe_evolve(self, step: int, signals: list[str]) -> RubricVersion | None:
         """The MPO step: every meta.interval steps, or early on a reward-hacking signal."""
@@ -544,63 +588,9 @@ class MPOTrainer:
             self.signals.rebaseline()  # the old rubric's baseline says nothing about the new one
         return new
 
-    def _metrics_row(self, step, rubric_version, rollouts, scored, adv, update, signals, evolved, timings) -> dict:
-        valid_rewards = [float(r) for r, v in zip(scored.rewards.tolist(), scored.valid.tolist()) if v]
-        judge_rewards = [r for r in scored.judge_rewards if r is not None]
-        rule_rewards = [r for r in scored.rule_rewards if r is not None]
-        lengths = [len(r.completion_ids) for r in rollouts]
-        tokens = sum(lengths)
-        row: dict[str, Any] = {
-            "step": step,
-            "rubric_version": rubric_version.version,
-            "rubric_hash": rubric_version.hash,
-            "reward_mean": _mean(valid_rewards),
-            "reward_std": _std(valid_rewards),
-            "reward_min": min(valid_rewards) if valid_rewards else float("nan"),
-            "reward_max": max(valid_rewards) if valid_rewards else float("nan"),
-            "judge_reward_mean": _mean(judge_rewards),
-            "rule_reward_mean": _mean(rule_rewards) if rule_rewards else None,
-            "samples": len(rollouts),
-            "valid_samples": len(valid_rewards),
-            "judge_failed": scored.failures,
-            "judge_failed_total": self.judge_failed,
-            "judge_failure_rate": self.judge_failed / max(self.judged, 1),
-            "judge_cache_hits": sum(1 for j in scored.judgements if j.cached),
-            "judge_calls": sum(j.calls for j in scored.judgements),
-            **judgement_metrics(scored.judgements),  # failures by cause, score-mass distribution
-            "degenerate_groups": int(adv.degenerate_groups),
-            "response_length_mean": _mean(lengths),
-            "response_length_max": max(lengths),
-            "eos_fraction": sum(r.finished for r in rollouts) / len(rollouts),
-            "policy_version": self.policy_version,
-            "signals": signals,
-            "rubric_evolved": evolved.version if evolved is not None else None,
-            **self._evolution_metrics(),
-            **timings,
-            "samples_per_s": len(rollouts) / timings["step_seconds"],
-            "generated_tokens_per_s": tokens / max(timings["generate_s"], 1e-9),
-            "skipped_nonfinite_total": self.skipped_nonfinite,
-            "peak_rss_mb": round(peak_rss_mb(), 1),  # whole process, since start (ru_maxrss)
-            **stages.item_score_stats(scored.judgements),
-        }
-        if update is not None:
-            row.update(loss=update.loss, grad_norm=update.grad_norm, lr=update.lr, **update.metrics)
-        else:
-            row.update(loss=float("nan"), grad_norm=float("nan"), lr=float(self.optimizer.param_groups[0]["lr"]))
-        return row
-
-    def _evolution_metrics(self) -> dict[str, Any]:
-        result, self._last_evolution = self._last_evolution, None
-        if result is None or isinstance(result, Rubric):
-            return {}
-        return {
-            "meta_calls": getattr(result, "calls", None),
-            "meta_failures": len(getattr(result, "failures", ()) or ()),
-            "meta_proposals": len(getattr(result, "proposals", ()) or ()),
-            # quality-gate refusals (rubrics/gates.py), each {gate, item, reason, action}
-            "meta_rejections": len([r for r in getattr(result, "rejections", ()) or () if r.action != "flagged"]),
-            "meta_gate_notes": [r.to_dict() for r in getattr(result, "rejections", ()) or ()],
-        }
+    def _metrics_row(self, facts: StepFacts, update: UpdateResult | None, evolution: dict[str, Any]) -> dict[str, Any]:
+        """One process: the shared row builder as is (data-parallel ranks gather first)."""
+        return step_record.metrics_row(facts, update=update, counters=self.counters(), evolution=evolution)
 
     # -- summary ----------------------------------------------------------------------------
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import collections
 import inspect
 import threading
-from typing import Any
+from typing import Any, Callable
 
 from .errors import JudgeFailureError
 from .protocol import ScoredBatch, ScoredSample
@@ -68,6 +68,21 @@ class RecentSamples:
             same = [s for k, v in self._by_step.items() if k <= up_to_step for s in v if s.rubric_version == rubric_version]
         same.sort(key=lambda s: (s.step, s.slot, s.sample_index))
         return same[-n:]
+
+    def state(self, encode: Callable[[ScoredSample], Any], *, up_to_step: int) -> list[Any]:
+        """The window's samples of steps <= up_to_step, each through `encode`, for a checkpoint (later
+        steps may be half judged: a resumed run draws them again)."""
+        with self._lock:
+            kept = [s for k in sorted(self._by_step) if k <= up_to_step for s in self._by_step[k]]
+        kept.sort(key=lambda s: (s.step, s.slot, s.sample_index))
+        return [encode(s) for s in kept]
+
+    def load_state(self, rows: list[Any], decode: Callable[[Any], ScoredSample]) -> None:
+        """Replace the window by a checkpoint's samples (see state)."""
+        with self._lock:
+            self._by_step = {}
+        for row in rows:
+            self.add(decode(row))
 
 
 def returns_awaitable(fn: Any) -> bool:

@@ -4,10 +4,12 @@
     report = train_pipelined(trainer, PipelineSettings(mode="overlapped", max_staleness=1))
 
 Everything stage-specific is the trainer's: prompt order (its PromptSampler), `stages.generate`,
-the judge, `stages.combine_reward` (rule rewards, missing-EOS penalty), group advantages with the
-configured mode, `build_train_batch` and its PolicyUpdater (with the ratio taken against the
-behaviour log-probs when a batch is stale), the meta-judge and its RubricStore, checkpoints and the
-run log. What differs by schedule is only where each runs and when.
+the judge, `stages.combine_reward` (rule rewards, missing-EOS penalty), the judge-failure rule
+(`MPOTrainer.count_judgements`), advantages and the update (`MPOTrainer.train_on`: GRPO or PPO,
+KL in the loss or in the reward, the ratio taken against the behaviour log-probs when a batch is
+stale, the LR schedule), the metrics row and the samples records (`trainer/step_record.py`), the
+meta-judge and its RubricStore, checkpoints and the run log. What differs by schedule is only where
+each runs and when; the trainer's counters change only through its own methods.
 
 Sampling is seeded per (run seed, step, prompt), so the samples do not depend on which thread
 draws them or in what order: the serial and the overlapped schedules at max_staleness=0 generate,
@@ -23,13 +25,15 @@ from typing import Any
 
 import torch
 
-from ...judges.types import judgement_metrics
+from ...judges.types import Judgement
 from ...ops.advantages import group_advantages
-from ...rollout import HFRollout
+from ...rollout import HFRollout, Rollout
 from ...rubrics import Rubric
 from .. import stages as trainer_stages
-from ..batch import build_train_batch
+from ..step_record import StepTimings, unanswered_judgement
 from . import make_pipeline
+from .common import RecentSamples
+from .errors import JudgeFailureError
 from .protocol import PromptItem, ScoredBatch, ScoredSample
 from .report import PipelineReport
 from .settings import PipelineConfigError, PipelineSettings
@@ -42,6 +46,36 @@ class _JudgeItem:
     finished: bool
     example: Any  # TaskExample
     text: str
+    step: int  # 0-based, for the step's judge time
+
+
+@dataclasses.dataclass
+class _StepClock:
+    """One step's generation time and the span of its judge calls (both overlap other steps' work)."""
+
+    generate_s: float = 0.0
+    judge_start: float | None = None
+    judge_end: float | None = None
+
+    @property
+    def judge_s(self) -> float:
+        return 0.0 if self.judge_start is None else self.judge_end - self.judge_start
+
+
+@dataclasses.dataclass
+class _TrainedStep:
+    """A step trained but not yet logged: its row is written at the step's boundary (checkpoint()),
+    once the rubric for the next step is known."""
+
+    step: int  # 1-based
+    rubric: Any  # the RubricVersion that scored it
+    rollouts: list
+    scored: trainer_stages.ScoredRollouts
+    trained: Any  # trainer.StepUpdate
+    staleness: int
+    signals: list[str]
+    clock: _StepClock
+    update_s: float
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,13 +148,18 @@ class TrainerStages:
         if meta is not None and inspect.iscoroutinefunction(getattr(meta, "evolve", None)):
             self.evolve = self._evolve_async  # type: ignore[method-assign]
         self.samples_log: list[dict] = []
-        self._pending_row: dict | None = None
-        self._gate_notes: list[dict] = []  # quality-gate refusals of the meta-judge, for the next metrics row
-        self._notes_lock = threading.Lock()  # appended on the meta-judge's thread, taken on the trainer's
+        self._pending: _TrainedStep | None = None
+        # The meta-judge's last result and its seconds, for the next metrics row: set on the
+        # meta-judge's thread, taken on the trainer's.
+        self._evolution: tuple[Any, float] | None = None
+        self._evolution_lock = threading.Lock()
+        self._clocks: dict[int, _StepClock] = {}  # per 0-based step; written by the producer and the judge loop
+        self._clocks_lock = threading.Lock()
         self.progress = None  # a run_log.Progress, set by train_pipelined
+        self.window: RecentSamples | None = None  # the pipeline's meta-judge sample window, checkpointed with the run
         self._signals: list[str] = []  # reward-hacking signals of the last update
         self._rubric_hash = getattr(trainer.rubric_version, "hash", None)
-        self._t0 = time.perf_counter()
+        self._t0 = self._last_row_at = time.perf_counter()
 
     # -- start-up checks ----------------------------------------------------------------------
     def preflight(self) -> None:
@@ -139,20 +178,26 @@ class TrainerStages:
         with self._sampler_lock:
             self._sampler_states[step] = t.sampler.state_dict()
             picked = t.sampler.next(self.prompts_per_step)
-        items = []
-        for i in picked:
-            p = t.prompts[i]
-            items.append(PromptItem(index=i, prompt_ids=list(p.ids), prompt_text=p.text, reference=p.example.reference, example=p))
-        return items
+        return [self._prompt_item(i) for i in picked]
+
+    def _prompt_item(self, index: int) -> PromptItem:
+        p = self.trainer.prompts[index]
+        return PromptItem(index=index, prompt_ids=list(p.ids), prompt_text=p.text, reference=p.example.reference, example=p)
+
+    def _clock(self, step: int) -> _StepClock:
+        with self._clocks_lock:
+            return self._clocks.setdefault(step, _StepClock())
 
     def generate(self, prompts, *, step: int, policy_version: int):
         t = self.trainer
         out = []
+        t0 = time.perf_counter()
         for p in prompts:  # one seed per (run, step, prompt): samples independent of thread and chunking
             sampling = dataclasses.replace(t.sampling, seed=(t.args.seed * 1_000_003 + step * 7919 + p.index) % 2**31)
             rollouts = trainer_stages.generate(self.rollout, [p.example], n=self.group_size, sampling=sampling,
                                                policy_version=policy_version)
             out += [dataclasses.replace(r, prompt_index=len(out) // self.group_size) for r in rollouts]
+        self._clock(step).generate_s += time.perf_counter() - t0
         return out
 
     def sync_rollout_weights(self, version: int) -> int | None:
@@ -183,40 +228,57 @@ class TrainerStages:
             self.rollout.sync_weights(t.model, version)
 
     def update(self, batch: ScoredBatch) -> dict[str, float]:
+        """The trainer's own stages on one batch: the failure rule, advantages and update, the samples
+        records and the reward-hacking monitor; the metrics row follows at the step boundary."""
         t = self.trainer
-        keep = [i for i, ok in enumerate(batch.valid.tolist()) if ok]
-        rollouts = [s.rollout for s in batch.samples]
-        t.judged += len(batch.samples)  # the trainer's counters, so its summary reads the same
-        t.judge_failed += len(batch.samples) - len(keep)
-        self._log_samples(batch)
-        self._signals = self._observe_signals(batch, rollouts)
-        if not keep:
-            for _ in range(t.args.train.ppo_epochs):  # keep the schedule aligned with the step count
-                t.scheduler.step()
-            metrics = {"loss": float("nan"), "valid_samples": 0.0}
-            self._pending_row = self._metrics_row(batch, metrics)
-            return metrics
-        adv = batch.advantages.detach().cpu()
-        train_batch = build_train_batch([rollouts[i] for i in keep], adv[keep], pad_token_id=t.tokenizer.pad_token_id)
+        step = batch.step + 1
+        rollouts, prompts, scored = self._step_inputs(batch.samples)
+        try:
+            t.count_judgements(step, scored)
+        except Exception as e:  # noqa: BLE001 - the trainer's JudgeFailureRateError, as the pipeline names it
+            if type(e).__name__ != "JudgeFailureRateError":
+                raise
+            raise JudgeFailureError("judge", str(e)) from e
         t0 = time.perf_counter()
-        # A batch sampled by an older policy takes its ratio against the behaviour log-probs.
-        result = t.updater.update(train_batch, behaviour_old_logp=batch.step > batch.behaviour_version)
-        t.policy_version = batch.step + 1
-        metrics = {"loss": result.loss, "grad_norm": result.grad_norm, "lr": result.lr, "valid_samples": float(len(keep)),
-                   "update_s": time.perf_counter() - t0, **{k: float(v) for k, v in result.metrics.items()}}
-        self._pending_row = self._metrics_row(batch, metrics)
-        return metrics
+        # A batch sampled by an older policy takes its ratio (and its KL-in-reward k1) against the
+        # behaviour log-probs; the weights then have the version of the step count (the gate's).
+        trained = t.train_on(rollouts, scored, version_after=step, behaviour_old_logp=batch.step > batch.behaviour_version)
+        update_s = time.perf_counter() - t0
+        staleness = [batch.step - s.policy_version for s in batch.samples]
+        self.samples_log += t.sample_records(step, prompts, rollouts, scored, trained, batch.rubric, staleness=staleness)
+        self._signals = t.signals.observe(step, rollouts, scored) if t.signals is not None else []
+        with self._clocks_lock:
+            clock = self._clocks.pop(batch.step, _StepClock())
+        self._pending = _TrainedStep(step, batch.rubric, rollouts, scored, trained, batch.step - batch.behaviour_version,
+                                     list(self._signals), clock, update_s)
+        update = trained.update
+        if update is None:
+            return {"loss": float("nan"), "valid_samples": 0.0}
+        return {"loss": update.loss, "grad_norm": update.grad_norm, "lr": update.lr,
+                "valid_samples": float(int(scored.valid.sum())), "update_s": update_s,
+                **{k: float(v) for k, v in update.metrics.items()}}
 
-    def _observe_signals(self, batch: ScoredBatch, rollouts: list) -> list[str]:
-        """Feed the step to the trainer's reward-hacking monitor (as MPOTrainer.train_step does)."""
-        t = self.trainer
-        if t.signals is None:
-            return []
-        from types import SimpleNamespace
-
-        scored = SimpleNamespace(rewards=torch.nan_to_num(batch.rewards.detach().cpu(), nan=0.0), valid=batch.valid.detach().cpu(),
-                                 judgements=[s.judgement for s in batch.samples if s.judgement is not None])
-        return t.signals.observe(batch.step + 1, rollouts, scored)
+    def _step_inputs(self, samples: list[ScoredSample]) -> tuple[list[Rollout], list, trainer_stages.ScoredRollouts]:
+        """(rollouts, the trainer's prompt per sample, ScoredRollouts) of samples in batch order; a
+        sample the pipeline gave up on (judge timeout) is a failed judgement, masked."""
+        judgements, judge_rewards, rule_rewards, rewards = [], [], [], []
+        for s in samples:
+            cj = s.judgement
+            if cj is None:
+                judgements.append(unanswered_judgement(s.rubric.rubric, s.judge_error or "no judgement"))
+                judge_rewards.append(None)
+                rule_rewards.append(None)
+            else:
+                judgements.append(cj.judgement)
+                judge_rewards.append(cj.judge_reward)
+                rule_rewards.append(cj.rule_reward)
+            rewards.append(s.reward)
+        scored = trainer_stages.ScoredRollouts(
+            rewards=torch.tensor([0.0 if r is None else r for r in rewards], dtype=torch.float32),
+            valid=torch.tensor([r is not None for r in rewards], dtype=torch.bool),
+            judgements=judgements, judge_rewards=judge_rewards, rule_rewards=rule_rewards,
+        )
+        return [s.rollout for s in samples], [s.prompt.example for s in samples], scored
 
     def evolve_requested(self, step: int) -> bool:
         """After update `step` (1-based): do reward-hacking signals ask for meta-refinement now?"""
@@ -238,12 +300,12 @@ class TrainerStages:
             if self.samples_log:
                 t.run_log.samples(self.samples_log)
                 self.samples_log = []
-            if self._pending_row is not None:
-                row = {**self._pending_row, "rubric_version_next": getattr(rubric, "version", rubric_version)}
+            if self._pending is not None:
+                row = self._row(self._pending, getattr(rubric, "version", rubric_version))
                 t.run_log.metrics(row)
                 if self.progress is not None:
                     self.progress.step(row)
-                self._pending_row = None
+                self._pending = None
         save_steps = t.args.log.save_steps
         if not ((save_steps and step % save_steps == 0) or step == t.args.train.max_steps):
             return
@@ -253,7 +315,10 @@ class TrainerStages:
             current = t.sampler.state_dict()
             t.sampler.load_state_dict(self._sampler_states.get(step, current))
             try:
-                t.save_checkpoint()
+                # The meta-judge's window of completed steps: a resumed run's next refinement reads
+                # the samples the uninterrupted run's would (steps in flight are drawn again).
+                window = None if self.window is None else self.window.state(self._sample_state, up_to_step=step - 1)
+                t.save_checkpoint(extra_state={"meta_window": window})
             finally:
                 t.sampler.load_state_dict(current)
             for old in [k for k in self._sampler_states if k < step]:
@@ -266,11 +331,20 @@ class TrainerStages:
         ex = sample.prompt.example.example
         request = JudgeRequest(prompt=sample.prompt.prompt_text, response=sample.rollout.text,
                                rubric=sample.rubric.rubric, reference=ex.reference)
-        return _JudgeItem(request, sample.rollout.finished, ex, sample.rollout.text)
+        return _JudgeItem(request, sample.rollout.finished, ex, sample.rollout.text, sample.step)
 
     async def judge(self, items: list[_JudgeItem]) -> list[CombinedJudgement]:
         t, a = self.trainer, self.trainer.args
-        judgements = await t.judge.judge([i.request for i in items])
+        clocks = [self._clock(step) for step in sorted({i.step for i in items})]
+        started = time.perf_counter()
+        try:
+            judgements = await t.judge.judge([i.request for i in items])
+        finally:
+            ended = time.perf_counter()
+            with self._clocks_lock:
+                for c in clocks:
+                    c.judge_start = started if c.judge_start is None else min(c.judge_start, started)
+                    c.judge_end = ended if c.judge_end is None else max(c.judge_end, ended)
         out = []
         for item, j in zip(items, judgements):
             judged = j.reward if j.ok else None
@@ -289,51 +363,51 @@ class TrainerStages:
     def _meta_samples(self, samples: list[ScoredSample]) -> list:
         """The trainer's MetaSamples for `samples` (failed judgements included: evidence about the
         rubric too), built by its own `stages.meta_samples`, one step at a time."""
-        from types import SimpleNamespace
-
         out = []
         for step in sorted({s.step for s in samples}):
             group = [s for s in samples if s.step == step and s.judgement is not None]
             if not group:
                 continue
-            rollouts = [dataclasses.replace(s.rollout, prompt_index=i) for i, s in enumerate(group)]
-            scored = SimpleNamespace(
-                judgements=[s.judgement.judgement for s in group],
-                rewards=torch.tensor([s.reward if s.reward is not None else 0.0 for s in group]),
-                valid=torch.tensor([s.reward is not None for s in group]),
-            )
-            out += trainer_stages.meta_samples(step + 1, [s.prompt.example for s in group], rollouts, scored,
-                                               getattr(group[0].rubric, "hash", ""))
+            rollouts, prompts, scored = self._step_inputs(group)
+            rollouts = [dataclasses.replace(r, prompt_index=i) for i, r in enumerate(rollouts)]
+            out += trainer_stages.meta_samples(step + 1, prompts, rollouts, scored, getattr(group[0].rubric, "hash", ""))
         return out
 
     def _store(self, current, result, step: int):
-        if result is None:
+        if result is None or getattr(result, "changed", True) is False:
             return None
         rubric = result if isinstance(result, Rubric) else getattr(result, "rubric", None)
         if not isinstance(rubric, Rubric):
             raise TypeError(f"meta_judge.evolve returned {type(result).__name__}; it must return a Rubric, an object with "
                             "a .rubric attribute, or None")
         analyses = tuple(getattr(result, "analyses", ()) or ())
-        with self._notes_lock:
-            self._gate_notes += [{"step": step, **r.to_dict()} for r in getattr(result, "rejections", ()) or ()]
         new = self.trainer.store.save(rubric, parent=current.version, step=step, analyses=analyses)
         return None if new.hash == current.hash else new
 
     def evolve(self, current, samples: list[ScoredSample], step: int):
-        self.trainer.last_evolve_step = step + 1
+        self.trainer.mark_evolved(step + 1)
         metas = self._meta_samples(samples)
         if not metas or self.trainer.meta_judge is None:
             return None
-        return self._store(current, trainer_stages.call_evolve(self.trainer.meta_judge, current.rubric, metas, step + 1,
-                                                              self.trainer.initial_rubric), step + 1)
+        t0 = time.perf_counter()
+        result = trainer_stages.call_evolve(self.trainer.meta_judge, current.rubric, metas, step + 1, self.trainer.initial_rubric)
+        self._record_evolution(result, time.perf_counter() - t0)
+        return self._store(current, result, step + 1)
 
     async def _evolve_async(self, current, samples: list[ScoredSample], step: int):
-        self.trainer.last_evolve_step = step + 1
+        self.trainer.mark_evolved(step + 1)
         metas = self._meta_samples(samples)
         if not metas or self.trainer.meta_judge is None:
             return None
-        return self._store(current, await trainer_stages.call_evolve(self.trainer.meta_judge, current.rubric, metas, step + 1,
-                                                                self.trainer.initial_rubric), step + 1)
+        t0 = time.perf_counter()
+        result = await trainer_stages.call_evolve(self.trainer.meta_judge, current.rubric, metas, step + 1,
+                                                  self.trainer.initial_rubric)
+        self._record_evolution(result, time.perf_counter() - t0)
+        return self._store(current, result, step + 1)
+
+    def _record_evolution(self, result, seconds: float) -> None:
+        with self._evolution_lock:
+            self._evolution = (result, seconds)
 
     async def aclose_judge(self) -> None:
         """Close the judge's and meta-judge's HTTP clients on the loop that opened them."""
@@ -343,52 +417,48 @@ class TrainerStages:
                 await closer()
 
     # -- logging ------------------------------------------------------------------------------
-    def _metrics_row(self, batch: ScoredBatch, metrics: dict) -> dict:
-        with self._notes_lock:
-            notes, self._gate_notes = self._gate_notes, []
-        if notes:
-            metrics = {**metrics, "meta_gate_notes": notes,
-                       "meta_rejections": sum(1 for n in notes if n["action"] != "flagged")}
-        rewards = [s.reward for s in batch.samples if s.reward is not None]
-        lengths = [len(s.rollout.completion_ids) for s in batch.samples]
+    def _row(self, done: _TrainedStep, rubric_next: int) -> dict:
+        """The step's metrics row, built by the trainer as in every schedule; the meta-judge's call
+        (and its seconds) is reported on the first row written after it finished."""
+        with self._evolution_lock:
+            evolution, self._evolution = self._evolution, None
+        now = time.perf_counter()
+        timings = StepTimings(generate_s=done.clock.generate_s, judge_s=done.clock.judge_s, update_s=done.update_s,
+                              evolve_s=evolution[1] if evolution is not None else 0.0, step_seconds=now - self._last_row_at)
+        self._last_row_at = now
+        facts = self.trainer.step_facts(done.step, done.rubric, done.rollouts, done.scored, done.trained,
+                                        staleness=done.staleness, schedule=self.settings.mode, signals=done.signals,
+                                        timings=timings, rubric_next=rubric_next, wall_s=now - self._t0)
+        return self.trainer.step_row(facts, done.trained, evolution[0] if evolution is not None else None)
+
+    # -- the meta-judge's window in checkpoints ---------------------------------------------------
+    def attach_window(self, window: RecentSamples) -> None:
+        """The pipeline's sample window, to checkpoint with the run; restored from the checkpoint the
+        trainer resumed from, if it holds one."""
+        self.window = window
+        state = self.trainer.restored_state
+        if state is not None and state.get("meta_window") is not None:
+            window.load_state(state["meta_window"], self._sample_from_state)
+
+    def _sample_state(self, s: ScoredSample) -> dict:
+        cj = s.judgement
         return {
-            "step": batch.step + 1, "rubric_version": getattr(batch.rubric, "version", batch.rubric_version),
-            "rubric_hash": getattr(batch.rubric, "hash", None),
-            "reward_mean": sum(rewards) / len(rewards) if rewards else float("nan"),
-            "samples": len(batch.samples), "valid_samples": len(rewards), "judge_failed": batch.num_failed,
-            "judge_calls": batch.judge_calls, "policy_version": batch.behaviour_version,
-            "staleness": batch.step - batch.behaviour_version, "response_length_mean": sum(lengths) / len(lengths),
-            "eos_fraction": sum(s.rollout.finished for s in batch.samples) / len(batch.samples),
-            "wall_s": time.perf_counter() - self._t0, "pipeline": self.settings.mode, "signals": list(self._signals),
-            **_judge_metrics(batch),
-            **trainer_stages.item_score_stats([s.judgement.judgement for s in batch.samples if s.judgement is not None]),
-            **metrics,
+            "step": s.step, "slot": s.slot, "prompt": s.prompt.index, "rollout": dataclasses.asdict(s.rollout),
+            "rubric_version": s.rubric_version, "judge_error": s.judge_error,
+            "judgement": None if cj is None else {
+                "judgement": cj.judgement.to_dict(), "cached": cj.judgement.cached, "reward": cj.reward,
+                "judge_reward": cj.judge_reward, "rule_reward": cj.rule_reward,
+            },
         }
 
-    def _log_samples(self, batch: ScoredBatch) -> None:
-        adv = batch.advantages.detach().cpu().tolist() if batch.advantages is not None else [None] * len(batch.samples)
-        for s, a in zip(batch.samples, adv):
-            j = s.judgement
-            self.samples_log.append({
-                "step": batch.step + 1, "prompt_id": s.prompt.example.example.id, "prompt": s.prompt.prompt_text,
-                "sample_index": s.sample_index, "response": s.rollout.text, "reward": s.reward,
-                "judge_reward": getattr(j, "judge_reward", None), "rule_reward": getattr(j, "rule_reward", None),
-                "valid": s.reward is not None, "advantage": a, "judge_error": s.judge_error or getattr(j, "error", None),
-                "rubric_version": getattr(s.rubric, "version", s.rubric_version), "policy_version": s.policy_version,
-                "staleness": batch.step - s.policy_version, "finished": s.rollout.finished,
-                "length": len(s.rollout.completion_ids),
-            })
-
-
-def _judge_metrics(batch: ScoredBatch) -> dict:
-    """judge_errors by cause and the score-mass distribution, as the serial trainer logs them; a
-    sample the pipeline gave up on (no judgement) counts under its own cause."""
-    out = judgement_metrics([s.judgement for s in batch.samples if s.judgement is not None])
-    for s in batch.samples:
-        if s.judgement is None:
-            cause = (s.judge_error or "failed").split(":", 1)[0]
-            out["judge_errors"][cause] = out["judge_errors"].get(cause, 0) + 1
-    return out
+    def _sample_from_state(self, d: dict) -> ScoredSample:
+        j = d["judgement"]
+        judgement = None if j is None else CombinedJudgement(
+            Judgement.from_dict(j["judgement"], cached=j["cached"]), j["reward"], j["judge_reward"], j["rule_reward"])
+        return ScoredSample(step=d["step"], slot=d["slot"], prompt=self._prompt_item(d["prompt"]),
+                            rollout=Rollout(**d["rollout"]), rubric_version=d["rubric_version"],
+                            rubric=self.trainer.store.get(d["rubric_version"]), judgement=judgement,
+                            judge_error=d["judge_error"])
 
 
 def probe_endpoint(role: str, endpoint, timeout_s: float = 10.0) -> None:
@@ -428,7 +498,9 @@ def train_pipelined(trainer, settings: PipelineSettings | None = None, *, device
     a = trainer.args
     # One source of truth for meta-refinement: the trainer's meta settings (none without a meta-judge).
     derived = pipeline_settings(a)
-    settings = dataclasses.replace(settings or derived, mpo_samples=derived.mpo_samples,
+    # The judge-failure rule is the trainer's (judge.max_failure_rate once judge.min_judged were
+    # judged, MPOTrainer.count_judgements), the same in every schedule: no second per-batch bound.
+    settings = dataclasses.replace(settings or derived, mpo_samples=derived.mpo_samples, max_failed_fraction=1.0,
                                    evolve_every=derived.evolve_every if trainer.meta_judge is not None else 0)
     resume_step = trainer.start_run()
     start = trainer.step
@@ -442,6 +514,7 @@ def train_pipelined(trainer, settings: PipelineSettings | None = None, *, device
             return PipelineReport(settings.mode, settings.max_staleness, 0.0)
         pipeline = make_pipeline(stages, settings, rubric=trainer.rubric_version, rubric_version=trainer.rubric_version.version,
                                  start_step=start, device=device)
+        stages.attach_window(pipeline.recent)
         with torch_threads(stage_threads(settings.mode, device or str(trainer.device))):  # see trainer/threads.py
             return pipeline.run(a.train.max_steps - start)
     finally:
