@@ -163,7 +163,8 @@ class TrainSettings:
     # reward: k1 per token subtracted from the reward before advantages, as the reference's PPO does.
     kl_in: str = "loss"
     # grpo: group-relative advantages per sequence | ppo: a value head, GAE and a clipped value loss
-    # (the paper's optimiser; KL always in the reward; serial schedule only for now)
+    # (the paper's optimiser; KL always in the reward; every schedule: a stale batch's ratio and k1 use the
+    # rollout's behaviour log-probs)
     algorithm: str = "grpo"
     gamma: float = 1.0
     lam: float = 0.95
@@ -512,17 +513,9 @@ def validate(config: MPOConfig) -> None:
         )
     if not (0.0 <= t.gamma <= 1.0 and 0.0 <= t.lam <= 1.0):
         raise ConfigError(f"train.gamma = {t.gamma}, train.lam = {t.lam}: both must be in [0, 1] (1.0 and 0.95 are usual)")
-    if t.algorithm == "ppo" and config.pipeline.mode != "serial":
-        raise ConfigError(f"train.algorithm is 'ppo' but pipeline.mode is {config.pipeline.mode!r}: PPO runs on the serial "
-                          "schedule only for now; use pipeline.mode: serial, or algorithm: grpo")
     if t.algorithm == "ppo" and t.kl_coef > 0 and t.kl_in != "reward":
         raise ConfigError("train.algorithm is 'ppo': its KL is per token in the reward (as the reference's PPO); "
                           "set train.kl_in: reward (or kl_coef: 0)")
-    if t.kl_coef > 0 and t.kl_in == "reward" and config.pipeline.mode != "serial":
-        raise ConfigError(
-            f"train.kl_in is 'reward' but pipeline.mode is {config.pipeline.mode!r}: KL in the reward runs on the serial "
-            "schedule only for now; use pipeline.mode: serial, or kl_in: loss with kl_estimator: k3"
-        )
     _validate_rollout_and_pipeline(config)
 
 

@@ -56,8 +56,8 @@ def test_k1_in_the_loss_is_refused_naming_the_fix():
         MPOConfig.from_dict({"train": {"kl_estimator": "k1", "kl_coef": 0.02}})
     MPOConfig.from_dict({"train": {"kl_estimator": "k1", "kl_coef": 0.02, "kl_in": "reward"}})
     MPOConfig.from_dict({"train": {"kl_estimator": "k1", "kl_coef": 0.0}})  # no KL at all: nothing to refuse
-    with pytest.raises(ConfigError, match="serial schedule only"):
-        MPOConfig.from_dict({"judge": {"model": "embedded"}, "train": {"kl_in": "reward"}, "pipeline": {"mode": "overlapped"}})
+    # one step path: KL in the reward on the overlapped schedule too (tests/trainer/test_schedules_agree.py)
+    MPOConfig.from_dict({"judge": {"model": "embedded"}, "train": {"kl_in": "reward"}, "pipeline": {"mode": "overlapped"}})
 
 
 def test_shipped_gpu_config_has_no_k1_loss():

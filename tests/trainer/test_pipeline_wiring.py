@@ -81,32 +81,63 @@ def test_serial_mode_keeps_the_trainers_own_loop(tmp_path, tokenizer):
 
 # -- resume ------------------------------------------------------------------------------------
 
+class RecordingMetaJudge(AppendingMetaJudge):
+    """AppendingMetaJudge that keeps what each call was shown."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.shown: list[list[tuple]] = []
+
+    def evolve(self, rubric, samples, step):
+        self.shown.append([(s.step, s.prompt, s.response, s.reward, s.item_scores, s.rubric_hash) for s in samples])
+        return super().evolve(rubric, samples, step)
+
+
+def _rubric_history(root):
+    from mpo_fast.rubrics import RubricStore
+
+    store = RubricStore(root / "run" / "rubrics")
+    return [(v.version, v.hash, v.parent) for v in store.versions()]
+
+
 @pytest.mark.parametrize("mode", ["overlapped"])
 def test_pipelined_run_stopped_by_a_crash_resumes_exactly(tmp_path, tokenizer, mode):
     """A judge that dies in step 3 stops every stage; checkpoint 2 is intact, and resuming from it
-    ends with the weights, rewards and samples of an uninterrupted run (max_staleness=0: exact)."""
-    cfg = dict(train={"max_steps": 5}, meta={"interval": 100}, log={"save_steps": 2},
-               pipeline={"mode": mode, "max_staleness": 0, **FAST})
-    straight = _trainer(tmp_path / "a", tokenizer, **cfg)
+    ends with the weights, rewards, samples and rubrics of an uninterrupted run (max_staleness=0:
+    exact). The meta-judge runs after step 3 on the newest 16 samples, steps 2 and 3: step 2's
+    come from the sample window the checkpoint saved, so the resumed refinement reads what the
+    uninterrupted one did."""
+    cfg = dict(train={"max_steps": 5}, meta={"interval": 3, "num_samples": 4}, log={"save_steps": 2},
+               pipeline={"mode": mode, "max_staleness": 0, "rubric_swap": "next_step", **FAST})
+    straight_meta = RecordingMetaJudge()
+    straight = _trainer(tmp_path / "a", tokenizer, mrm=straight_meta, **cfg)
     straight.train()
 
-    crashing = _trainer(tmp_path / "b", tokenizer, judge=SyntheticJudge(crash_on_call=20), **cfg)
+    crashing = _trainer(tmp_path / "b", tokenizer, judge=SyntheticJudge(crash_on_call=20), mrm=RecordingMetaJudge(), **cfg)
     with pytest.raises(PipelineError, match="injected crash on judge call 20"):
         crashing.train()
     assert [s for s, _ in list_checkpoints(tmp_path / "b" / "run")] == [2]
-    resumed = _trainer(tmp_path / "b", tokenizer, resume=True, **cfg)
+    resumed_meta = RecordingMetaJudge()
+    resumed = _trainer(tmp_path / "b", tokenizer, mrm=resumed_meta, resume=True, **cfg)
     result = resumed.train()
     assert result.steps == 5 and result.pipeline["steps"] == 3
+
+    # the refinement after step 3 saw steps 2 and 3, identical in both runs
+    assert [step for _, _, step in straight_meta.calls] == [3] and [n for _, n, _ in straight_meta.calls] == [16]
+    assert sorted({x[0] for x in straight_meta.shown[0]}) == [2, 3]
+    assert resumed_meta.shown == straight_meta.shown and resumed_meta.calls == straight_meta.calls
+    assert _rubric_history(tmp_path / "a") == _rubric_history(tmp_path / "b") and len(_rubric_history(tmp_path / "a")) == 2
 
     a = read_jsonl(tmp_path / "a" / "run" / "metrics.jsonl")
     b = read_jsonl(tmp_path / "b" / "run" / "metrics.jsonl")
     assert [r["step"] for r in b] == [1, 2, 3, 4, 5]
     for ra, rb in zip(a, b):
-        for key in ("reward_mean", "loss", "grad_norm", "rubric_version", "policy_version"):
+        for key in ("reward_mean", "loss", "grad_norm", "rubric_version", "rubric_hash", "policy_version"):
             assert ra[key] == rb[key], (ra["step"], key)
+    assert [r["rubric_version"] for r in b] == [1, 1, 1, 1, 2]  # next_step: the step-3 rubric scores step 5
     sa = read_jsonl(tmp_path / "a" / "run" / "samples.jsonl")
     sb = read_jsonl(tmp_path / "b" / "run" / "samples.jsonl")
-    assert [(s["step"], s["response"]) for s in sa] == [(s["step"], s["response"]) for s in sb]
+    assert [(s["step"], s["response"], s["reward"]) for s in sa] == [(s["step"], s["response"], s["reward"]) for s in sb]
     pa = dict(straight.model.named_parameters())
     for name, p in resumed.model.named_parameters():
         assert torch.equal(pa[name], p), name

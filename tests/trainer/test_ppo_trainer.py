@@ -45,9 +45,9 @@ def test_ppo_steps_train_policy_and_value_head(tmp_path, tokenizer):
 def test_ppo_config_checks():
     with pytest.raises(ConfigError, match="kl_in: reward"):
         MPOConfig.from_dict({"train": {"algorithm": "ppo", "kl_coef": 0.02}})
-    with pytest.raises(ConfigError, match="PPO runs on the serial schedule"):
-        MPOConfig.from_dict({"judge": {"model": "embedded"}, "train": {"algorithm": "ppo", "kl_in": "reward"},
-                             "pipeline": {"mode": "overlapped"}})
+    # one step path: PPO runs on the overlapped schedule too (tests/trainer/test_schedules_agree.py)
+    MPOConfig.from_dict({"judge": {"model": "embedded"}, "train": {"algorithm": "ppo", "kl_in": "reward"},
+                         "pipeline": {"mode": "overlapped", "max_staleness": 1}})
     with pytest.raises(ConfigError, match="gamma"):
         MPOConfig.from_dict({"train": {"gamma": 1.5}})
     MPOConfig.from_dict({"train": {"algorithm": "ppo", "kl_in": "reward"}})
