@@ -100,27 +100,31 @@ def _rubric_history(root):
     return [(v.version, v.hash, v.parent) for v in store.versions()]
 
 
-@pytest.mark.parametrize("mode", ["overlapped"])
-def test_pipelined_run_stopped_by_a_crash_resumes_exactly(tmp_path, tokenizer, mode):
-    """A judge that dies in step 3 stops every stage; checkpoint 2 is intact, and resuming from it
-    ends with the weights, rewards, samples and rubrics of an uninterrupted run (max_staleness=0:
-    exact). The meta-judge runs after step 3 on the newest 16 samples, steps 2 and 3: step 2's
-    come from the sample window the checkpoint saved, so the resumed refinement reads what the
-    uninterrupted one did."""
-    cfg = dict(train={"max_steps": 5}, meta={"interval": 3, "num_samples": 4}, log={"save_steps": 2},
+@pytest.mark.parametrize(("mode", "save_steps", "crash_step"), [("overlapped", 2, 3), ("overlapped", 3, 4)])
+def test_pipelined_run_stopped_by_a_crash_resumes_exactly(tmp_path, tokenizer, mode, save_steps, crash_step):
+    """A judge that dies mid-run stops every stage; the last checkpoint is intact, and resuming from
+    it ends with the weights, rewards, samples and rubrics of an uninterrupted run (max_staleness=0:
+    exact). The meta-judge runs after step 3 on the newest 16 samples, steps 2 and 3.
+    save_steps=2, crash in step 3: step 2's samples come from the sample window checkpoint 2 saved.
+    save_steps=3, crash in step 4: the refinement launched after step 3 had not been installed when
+    checkpoint 3 was written (next_step installs it after step 4): the resumed run launches it again
+    on the saved window."""
+    cfg = dict(train={"max_steps": 5}, meta={"interval": 3, "num_samples": 4}, log={"save_steps": save_steps},
                pipeline={"mode": mode, "max_staleness": 0, "rubric_swap": "next_step", **FAST})
     straight_meta = RecordingMetaJudge()
     straight = _trainer(tmp_path / "a", tokenizer, mrm=straight_meta, **cfg)
     straight.train()
 
-    crashing = _trainer(tmp_path / "b", tokenizer, judge=SyntheticJudge(crash_on_call=20), mrm=RecordingMetaJudge(), **cfg)
-    with pytest.raises(PipelineError, match="injected crash on judge call 20"):
+    crash_call = 8 * (crash_step - 1) + 4  # one judge call per sample, 8 samples a step
+    crashing = _trainer(tmp_path / "b", tokenizer, judge=SyntheticJudge(crash_on_call=crash_call), mrm=RecordingMetaJudge(),
+                        **cfg)
+    with pytest.raises(PipelineError, match=f"injected crash on judge call {crash_call}"):
         crashing.train()
-    assert [s for s, _ in list_checkpoints(tmp_path / "b" / "run")] == [2]
+    assert [s for s, _ in list_checkpoints(tmp_path / "b" / "run")] == [save_steps]
     resumed_meta = RecordingMetaJudge()
     resumed = _trainer(tmp_path / "b", tokenizer, mrm=resumed_meta, resume=True, **cfg)
     result = resumed.train()
-    assert result.steps == 5 and result.pipeline["steps"] == 3
+    assert result.steps == 5 and result.pipeline["steps"] == 5 - save_steps
 
     # the refinement after step 3 saw steps 2 and 3, identical in both runs
     assert [step for _, _, step in straight_meta.calls] == [3] and [n for _, n, _ in straight_meta.calls] == [16]

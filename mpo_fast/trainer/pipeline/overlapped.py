@@ -81,6 +81,10 @@ class OverlappedPipeline(PipelineBase):
         judge_thread.start()
         if not loop_ready.wait(self.settings.shutdown_timeout_s):
             raise PipelineError("judge", "the judge event loop did not start")
+        resume_meta = getattr(self.stages, "resume_meta_step", None)
+        pending = resume_meta() if resume_meta is not None else None
+        if pending is not None:  # the checkpoint's refinement that had not been installed: run it again
+            self._launch_meta(pending)
         producer.start()
         try:
             self._train(self.start_step, end, report)
@@ -278,6 +282,9 @@ class OverlappedPipeline(PipelineBase):
             return
         self._meta_deferred = False
         self._meta_started_at_step = step
+        launched = getattr(self.stages, "meta_launched", None)
+        if launched is not None:
+            launched(step)
         if returns_awaitable(self.stages.evolve):
             self._meta = asyncio.run_coroutine_threadsafe(self._evolve_async(rubric, samples, step), self._loop)
         else:

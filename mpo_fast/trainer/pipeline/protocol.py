@@ -9,7 +9,9 @@ one and the same in both modes; only the schedule differs. Which thread calls wh
     meta-judge      : evolve (async: on the judge loop; sync: its own thread)
 
 Optional: `preflight()` (called once before anything starts: check endpoints, raise on bad
-configuration) and `async aclose_judge()` (called on the judge loop as it shuts down).
+configuration), `async aclose_judge()` (called on the judge loop as it shuts down),
+`meta_launched(step)` (a refinement was launched at boundary `step`) and `resume_meta_step()`
+(a boundary whose refinement a resumed run must launch again before its first step, or None).
 
 `publish_weights(v)` runs on the trainer thread right after update v-1 -> v; with max_staleness > 0
 the producer may be generating at that moment, so it must copy what the rollout side needs (a

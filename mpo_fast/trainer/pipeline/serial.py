@@ -42,6 +42,11 @@ class SerialPipeline(PipelineBase):
         loop = asyncio.new_event_loop()
         stage = "rollout"
         try:
+            resume_meta = getattr(self.stages, "resume_meta_step", None)
+            pending = resume_meta() if resume_meta is not None else None
+            if pending is not None:  # a checkpoint written by the overlapped schedule mid-refinement
+                stage = "meta-judge"
+                self._evolve(loop, pending)
             for step in range(self.start_step, self.start_step + num_steps):
                 stage = "rollout"
                 samples = self._generate(step)
@@ -127,6 +132,9 @@ class SerialPipeline(PipelineBase):
         if not samples:
             return
         self._meta_runs += 1
+        launched = getattr(self.stages, "meta_launched", None)
+        if launched is not None:
+            launched(step)
         with self.clocks["meta"].busy(items=1):
             if returns_awaitable(self.stages.evolve):
                 new = loop.run_until_complete(self.stages.evolve(rubric, samples, step))

@@ -153,6 +153,11 @@ class TrainerStages:
         # meta-judge's thread, taken on the trainer's.
         self._evolution: tuple[Any, float] | None = None
         self._evolution_lock = threading.Lock()
+        # The refinement launched at boundary `_meta_launch` (0-based update index) and the version
+        # it made (0: none; None: still running); a checkpoint taken before that version is
+        # installed records the launch, and a resumed run launches it again (pipeline: resume_meta_step).
+        self._meta_launch: int | None = None
+        self._meta_outcome: int | None = None
         self._clocks: dict[int, _StepClock] = {}  # per 0-based step; written by the producer and the judge loop
         self._clocks_lock = threading.Lock()
         self.progress = None  # a run_log.Progress, set by train_pipelined
@@ -318,7 +323,8 @@ class TrainerStages:
                 # The meta-judge's window of completed steps: a resumed run's next refinement reads
                 # the samples the uninterrupted run's would (steps in flight are drawn again).
                 window = None if self.window is None else self.window.state(self._sample_state, up_to_step=step - 1)
-                t.save_checkpoint(extra_state={"meta_window": window})
+                t.save_checkpoint(extra_state={"meta_window": window,
+                                               "meta_pending_step": self._pending_meta(getattr(rubric, "version", rubric_version))})
             finally:
                 t.sampler.load_state_dict(current)
             for old in [k for k in self._sampler_states if k < step]:
@@ -388,26 +394,49 @@ class TrainerStages:
         self.trainer.mark_evolved(step + 1)
         metas = self._meta_samples(samples)
         if not metas or self.trainer.meta_judge is None:
-            return None
+            return self._finish_meta(None)
         t0 = time.perf_counter()
         result = trainer_stages.call_evolve(self.trainer.meta_judge, current.rubric, metas, step + 1, self.trainer.initial_rubric)
         self._record_evolution(result, time.perf_counter() - t0)
-        return self._store(current, result, step + 1)
+        return self._finish_meta(self._store(current, result, step + 1))
 
     async def _evolve_async(self, current, samples: list[ScoredSample], step: int):
         self.trainer.mark_evolved(step + 1)
         metas = self._meta_samples(samples)
         if not metas or self.trainer.meta_judge is None:
-            return None
+            return self._finish_meta(None)
         t0 = time.perf_counter()
         result = await trainer_stages.call_evolve(self.trainer.meta_judge, current.rubric, metas, step + 1,
                                                   self.trainer.initial_rubric)
         self._record_evolution(result, time.perf_counter() - t0)
-        return self._store(current, result, step + 1)
+        return self._finish_meta(self._store(current, result, step + 1))
 
     def _record_evolution(self, result, seconds: float) -> None:
         with self._evolution_lock:
             self._evolution = (result, seconds)
+
+    def _finish_meta(self, new):
+        with self._evolution_lock:
+            self._meta_outcome = 0 if new is None else new.version
+        return new
+
+    def meta_launched(self, step: int) -> None:
+        """The pipeline launched a refinement at boundary `step` (after update step + 1)."""
+        with self._evolution_lock:
+            self._meta_launch, self._meta_outcome = step, None
+
+    def resume_meta_step(self) -> int | None:
+        """The boundary whose refinement the checkpoint this run resumed from had not installed yet
+        (the pipeline launches it again, on the restored sample window, before anything else)."""
+        state = self.trainer.restored_state
+        return None if state is None else state.get("meta_pending_step")
+
+    def _pending_meta(self, installed_version: int) -> int | None:
+        with self._evolution_lock:
+            launch, outcome = self._meta_launch, self._meta_outcome
+        if launch is None or (outcome is not None and (outcome == 0 or installed_version >= outcome)):
+            return None
+        return launch
 
     async def aclose_judge(self) -> None:
         """Close the judge's and meta-judge's HTTP clients on the loop that opened them."""
