@@ -486,6 +486,14 @@ class MPOTrainer:
         return StepUpdate(advantages=logged.detach().cpu(), degenerate_groups=int(adv.degenerate_groups), update=update,
                           kl_reward_mean=kl_mean)
 
+    def end_step(self, step: int, rubric_version: RubricVersion) -> None:
+        """A pipelined schedule finished `step`; `rubric_version` is in force for the next one (a new
+        rubric: the reward-hacking monitor starts a fresh baseline, as _maybe_evolve does)."""
+        self.step = step
+        if rubric_version.hash != self.rubric_version.hash and self.signals is not None:
+            self.signals.rebaseline()  # the old rubric's baseline says nothing about the new one
+        self.rubric_version = rubric_version
+
     def mark_evolved(self, step: int) -> None:
         """The meta-judge ran after `step` (meta.min_steps_between counts from here)."""
         self.last_evolve_step = step

@@ -31,6 +31,7 @@ from ...rollout import HFRollout, Rollout
 from ...rubrics import Rubric
 from .. import stages as trainer_stages
 from ..step_record import StepTimings, unanswered_judgement
+from ..trainer import JudgeFailureRateError
 from . import make_pipeline
 from .common import RecentSamples
 from .errors import JudgeFailureError
@@ -163,7 +164,6 @@ class TrainerStages:
         self.progress = None  # a run_log.Progress, set by train_pipelined
         self.window: RecentSamples | None = None  # the pipeline's meta-judge sample window, checkpointed with the run
         self._signals: list[str] = []  # reward-hacking signals of the last update
-        self._rubric_hash = getattr(trainer.rubric_version, "hash", None)
         self._t0 = self._last_row_at = time.perf_counter()
 
     # -- start-up checks ----------------------------------------------------------------------
@@ -240,9 +240,7 @@ class TrainerStages:
         rollouts, prompts, scored = self._step_inputs(batch.samples)
         try:
             t.count_judgements(step, scored)
-        except Exception as e:  # noqa: BLE001 - the trainer's JudgeFailureRateError, as the pipeline names it
-            if type(e).__name__ != "JudgeFailureRateError":
-                raise
+        except JudgeFailureRateError as e:  # the pipeline's name for it (CLI exit status 3 either way)
             raise JudgeFailureError("judge", str(e)) from e
         t0 = time.perf_counter()
         # A batch sampled by an older policy takes its ratio (and its KL-in-reward k1) against the
@@ -294,13 +292,7 @@ class TrainerStages:
 
     def checkpoint(self, step: int, rubric_version: int, rubric) -> None:
         t = self.trainer
-        t.step = step
-        t.rubric_version = rubric
-        new_hash = getattr(rubric, "hash", None)
-        if new_hash != self._rubric_hash:
-            self._rubric_hash = new_hash
-            if t.signals is not None:
-                t.signals.rebaseline()  # the old rubric's baseline says nothing about the new one
+        t.end_step(step, rubric)
         if getattr(t, "run_log", None) is not None:
             if self.samples_log:
                 t.run_log.samples(self.samples_log)
