@@ -45,9 +45,10 @@ class RunCounters:
 
 @dataclass(frozen=True)
 class StepTimings:
-    """Seconds per stage of one step. Overlapped: generate_s and judge_s are the step's own
-    generation time and its judge calls' span (they overlap other steps' updates); evolve_s is the
-    trainer's wait for the meta-judge (0 when it ran in the background)."""
+    """Seconds per stage of one step. Pipelined: generate_s and judge_s are the step's own
+    generation time and the span of its judge calls (they overlap other steps' work), evolve_s the
+    meta-judge call reported on this row (the first row written after it finished; it ran in the
+    background), step_seconds the time since the previous row."""
 
     generate_s: float
     judge_s: float

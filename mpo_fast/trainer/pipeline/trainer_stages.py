@@ -353,6 +353,9 @@ class TrainerStages:
         return out
 
     def advantages(self, batch: ScoredBatch) -> torch.Tensor:
+        """The protocol's judge-side advantages (the pipeline's report and stream hand-off). The
+        update does not read them: MPOTrainer.train_on computes the ones it trains on, as in every
+        schedule (with KL in the reward they differ; it needs the policy, on the trainer thread)."""
         a = self.trainer.args.train
         rewards = torch.nan_to_num(batch.rewards, nan=0.0)  # masked members carry no value into the group
         return group_advantages(rewards, batch.group_size, mode=a.advantage_mode, eps=a.advantage_eps, valid=batch.valid).advantages
