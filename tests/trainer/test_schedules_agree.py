@@ -140,3 +140,20 @@ def test_stale_ppo_and_kl_in_reward_use_the_behaviour_logprobs(tmp_path, tokeniz
         assert seen[name] == [s == 1 for s in stale]  # stale batches, and only those, against the behaviour log-probs
         rows = read_jsonl(tmp_path / name / "run" / "metrics.jsonl")
         assert [r["step"] for r in rows] == [1, 2, 3, 4, 5] and all(r["loss"] == r["loss"] for r in rows)
+
+
+def test_a_stale_batch_without_behaviour_logprobs_is_refused_naming_the_fix(tmp_path, tokenizer):
+    from mpo_fast.rollout import Rollout
+    from mpo_fast.trainer.batch import build_train_batch
+
+    rollouts = [Rollout(prompt_index=0, sample_index=i, prompt_ids=[5, 6, 7], completion_ids=[8, 9], text="ab",
+                        behaviour_logprobs=None, finished=True, policy_version=0) for i in range(2)]
+    batch = build_train_batch(rollouts, torch.tensor([1.0, -1.0]), pad_token_id=tokenizer.pad_token_id)
+    ppo = _trainer(tmp_path / "ppo", tokenizer, train={"algorithm": "ppo", "kl_in": "reward", "kl_coef": 0.05})
+    with pytest.raises(ValueError, match=r"no behaviour log-probs.*pipeline.max_staleness: 0"):
+        ppo.updater.update(batch, torch.tensor([1.0, 0.0]), behaviour_old_logp=True)
+    grpo = _trainer(tmp_path / "grpo", tokenizer, train={"kl_in": "reward", "kl_coef": 0.5})
+    with pytest.raises(ValueError, match=r"no behaviour log-probs.*pipeline.max_staleness: 0"):
+        kl_reward.sequence_k1(grpo.logprobs, batch, micro_batch_size=2, device=torch.device("cpu"), behaviour=True)
+    got = kl_reward.sequence_k1(grpo.logprobs, batch, micro_batch_size=2, device=torch.device("cpu"))
+    assert got.shape == (2,)  # on-policy (behaviour=False) needs none
