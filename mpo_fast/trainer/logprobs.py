@@ -7,16 +7,28 @@ positions through `fused_linear_logprob` against the LM head weight, in chunks: 
 a plain linear map of the last hidden state (soft-capping, logit scaling) take the logits path:
 the model's own logits, then `selective_log_softmax` on the completion rows.
 
+The training loss: where the LM head is reachable and trained (full fine-tuning of a plain
+nn.Linear head without bias, fused path), `policy_loss` runs `fused_linear_policy_loss` on the
+completion rows' hidden states: the loss is known inside the op, so grad_hidden and grad_weight are
+formed in the forward (3 GEMMs of 2NHV flops against 4 for fused_linear_logprob's recompute). A
+tied head (SmolLM2: lm_head.weight is embed_tokens.weight) is one Parameter, so the op's weight
+gradient and the embedding's accumulate into it. A frozen head (LoRA) keeps policy_loss over
+fused_linear_logprob, whose E_p[W] forward makes it 2 GEMMs. Either way the per-token entropy of the
+completion tokens comes back detached, a by-product of the softmax fold (no [N, V] logits).
+
 The reference model: with LoRA it is the same module with its adapters disabled (no second
 copy); with full fine-tuning a frozen copy made at start; with kl_coef == 0 none at all.
 """
 from __future__ import annotations
 
 import contextlib
+from typing import NamedTuple
 
 import torch
 
 from ..ops.fused_linear_logprob import fused_linear_logprob
+from ..ops.fused_linear_policy_loss import fused_linear_policy_loss
+from ..ops.policy_loss import LossVariant, policy_loss
 from ..ops.selective_log_softmax import selective_log_softmax
 from .batch import TrainBatch
 
@@ -63,15 +75,52 @@ def resolve_logprob_impl(model, requested: str) -> str:
     return requested
 
 
-class PolicyLogprobs:
-    """Completion log-probs [B, T] (0 outside the completion mask) for a TrainBatch."""
+class MicroBatchLoss(NamedTuple):
+    """The policy loss of one micro-batch and what the update logs of it."""
 
-    def __init__(self, model, *, temperature: float, impl: str = "auto", ref_model=None) -> None:
+    loss: torch.Tensor  # 0-dim, differentiable
+    metrics: dict[str, torch.Tensor]  # policy_loss's metrics, no gradient
+    logp: torch.Tensor  # [B, T] float32, detached, 0 outside the completion mask
+    entropy: torch.Tensor  # [B, T] float32, detached, 0 outside the completion mask
+
+
+def trainable_plain_head(model) -> bool:
+    """True when the LM head's weight is a plain, trained, unsharded tensor the loss op can take
+    whole: an nn.Linear without bias (the op has none), requires_grad (full fine-tuning; LoRA
+    freezes it), not a DTensor shard (FSDP2 gathers it only inside lm_head's own forward)."""
+    head = causal_lm_of(model).get_output_embeddings()
+    if not isinstance(head, torch.nn.Linear) or head.bias is not None or not head.weight.requires_grad:
+        return False
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # torch without distributed
+        return True
+    return not isinstance(head.weight, DTensor)
+
+
+class PolicyLogprobs:
+    """Completion log-probs [B, T] (0 outside the completion mask) for a TrainBatch, and the
+    micro-batch policy loss (`policy_loss`) by the cheapest path the model allows.
+
+    fused_loss: None (auto) uses fused_linear_policy_loss whenever impl is "fused" and the head is a
+    trained plain nn.Linear (`trainable_plain_head`); False always takes logp, then the loss op;
+    True insists and names what is missing."""
+
+    def __init__(self, model, *, temperature: float, impl: str = "auto", ref_model=None,
+                 fused_loss: bool | None = None) -> None:
         self.model = model
         self.temperature = temperature if temperature > 0 else 1.0
         self.impl = resolve_logprob_impl(model, impl)
         self.ref_model = ref_model
         self.peft = is_peft_model(model)
+        eligible = self.impl == "fused" and trainable_plain_head(model)
+        if fused_loss and not eligible:
+            raise ValueError(
+                "fused_loss=True needs the fused log-prob path (model.logprob_impl auto/fused on a model without logit "
+                "transforms) and a trained LM head that is a plain nn.Linear without bias (full fine-tuning, not LoRA); "
+                "leave fused_loss unset to pick the path automatically"
+            )
+        self.fused_loss = eligible if fused_loss is None else bool(fused_loss)
 
     # -- public ----------------------------------------------------------------------------
 
@@ -90,24 +139,64 @@ class PolicyLogprobs:
             )
         return self._logprobs(self.ref_model, batch)
 
+    def policy_loss(self, batch: TrainBatch, *, old_logp: torch.Tensor | None, ref_logp: torch.Tensor | None,
+                    variant: LossVariant) -> MicroBatchLoss:
+        """policy_loss of the policy on `batch` (one forward, gradient attached to the model).
+
+        old_logp None: on-policy single pass, the ratio against this forward's own log-probs (1).
+        Same loss, gradients and metrics whichever path runs (tests/trainer/test_fused_policy_loss.py)."""
+        loss_kw = dict(ref_logp=ref_logp, clip_low=variant.clip_low, clip_high=variant.clip_high,
+                       kl_coef=variant.kl_coef, kl_estimator=variant.kl_estimator, aggregation=variant.aggregation,
+                       max_tokens=variant.max_tokens)
+        mask = batch.completion_mask
+        if self.fused_loss:
+            lm = causal_lm_of(self.model)
+            hidden = self._hidden(lm, batch)
+            # [B, T, H] in completion slots (the op's layout; rows outside the mask are zeros it drops)
+            slots = hidden.new_zeros((*mask.shape, hidden.shape[-1])).index_put(
+                (batch.rows, batch.slots), hidden[batch.rows, batch.cols])
+            out = fused_linear_policy_loss(
+                slots, lm.get_output_embeddings().weight, batch.completion_ids, old_logp, batch.advantages, mask,
+                temperature=self.temperature, token_stats=True, **loss_kw)
+            return MicroBatchLoss(out.loss, out.metrics, out.logp.float(), out.entropy.float())
+        logp, entropy = self._logprobs(self.model, batch, entropy=True)
+        old = logp.detach() if old_logp is None else old_logp
+        loss, metrics = policy_loss(logp, old, batch.advantages, mask, **loss_kw)
+        return MicroBatchLoss(loss, metrics, logp.detach(), entropy)
+
     # -- internals -------------------------------------------------------------------------
 
-    def _logprobs(self, model, batch: TrainBatch) -> torch.Tensor:
+    @staticmethod
+    def _hidden(lm, batch: TrainBatch) -> torch.Tensor:
+        backbone = getattr(lm, lm.base_model_prefix)
+        out = backbone(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
+        return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+
+    def _logprobs(self, model, batch: TrainBatch, *, entropy: bool = False):
+        """logp [B, T]; with entropy=True (logp, entropy [B, T] detached), the entropy from the same
+        forward (the fold's by-product on the fused path, the logits' softmax on the logits path)."""
         lm = causal_lm_of(model)
         ids = batch.completion_ids[batch.rows, batch.slots]
         if self.impl == "fused":
-            backbone = getattr(lm, lm.base_model_prefix)
-            out = backbone(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
-            hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+            hidden = self._hidden(lm, batch)
             head = lm.get_output_embeddings()
             flat = fused_linear_logprob(
-                hidden[batch.rows, batch.cols], head.weight, ids, bias=head.bias, temperature=self.temperature
+                hidden[batch.rows, batch.cols], head.weight, ids, bias=head.bias, temperature=self.temperature,
+                return_entropy=entropy, entropy_grad=False,
             )
         else:
             logits = lm(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
-            flat = selective_log_softmax(logits[batch.rows, batch.cols], ids, temperature=self.temperature)
-        out = torch.zeros(batch.completion_mask.shape, dtype=torch.float32, device=flat.device)
-        return out.index_put((batch.rows, batch.slots), flat.float())
+            flat = selective_log_softmax(logits[batch.rows, batch.cols], ids, temperature=self.temperature,
+                                         return_entropy=entropy)
+        flat_lp, flat_ent = (flat.logp, flat.entropy.detach()) if entropy else (flat, None)
+        shape = batch.completion_mask.shape
+        logp = torch.zeros(shape, dtype=torch.float32, device=flat_lp.device).index_put(
+            (batch.rows, batch.slots), flat_lp.float())
+        if not entropy:
+            return logp
+        ent = torch.zeros(shape, dtype=torch.float32, device=flat_lp.device).index_put(
+            (batch.rows, batch.slots), flat_ent.float())
+        return logp, ent
 
 
 @contextlib.contextmanager
