@@ -82,6 +82,7 @@ class MicroBatchLoss(NamedTuple):
     metrics: dict[str, torch.Tensor]  # policy_loss's metrics, no gradient
     logp: torch.Tensor  # [B, T] float32, detached, 0 outside the completion mask
     entropy: torch.Tensor  # [B, T] float32, detached, 0 outside the completion mask
+    values: torch.Tensor | None  # [B, T] float32 from value_head (PPO), differentiable; else None
 
 
 def trainable_plain_head(model) -> bool:
@@ -139,30 +140,39 @@ class PolicyLogprobs:
             )
         return self._logprobs(self.ref_model, batch)
 
+    @torch.no_grad()
+    def policy_and_values(self, batch: TrainBatch, value_head) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logp, values) [B, T] of the policy, no gradient: PPO's sampling-policy pass."""
+        logp, _, values = self._forward(self.model, batch, value_head=value_head)
+        return logp, values
+
     def policy_loss(self, batch: TrainBatch, *, old_logp: torch.Tensor | None, ref_logp: torch.Tensor | None,
-                    variant: LossVariant) -> MicroBatchLoss:
+                    variant: LossVariant, advantages: torch.Tensor | None = None, value_head=None) -> MicroBatchLoss:
         """policy_loss of the policy on `batch` (one forward, gradient attached to the model).
 
         old_logp None: on-policy single pass, the ratio against this forward's own log-probs (1).
+        advantages: [B] or [B, T] (PPO's token advantages); default batch.advantages.
+        value_head: also V(s_t) [B, T] from the same forward's last hidden state (PPO).
         Same loss, gradients and metrics whichever path runs (tests/trainer/test_fused_policy_loss.py)."""
         loss_kw = dict(ref_logp=ref_logp, clip_low=variant.clip_low, clip_high=variant.clip_high,
                        kl_coef=variant.kl_coef, kl_estimator=variant.kl_estimator, aggregation=variant.aggregation,
                        max_tokens=variant.max_tokens)
         mask = batch.completion_mask
+        adv = batch.advantages if advantages is None else advantages
         if self.fused_loss:
             lm = causal_lm_of(self.model)
-            hidden = self._hidden(lm, batch)
-            # [B, T, H] in completion slots (the op's layout; rows outside the mask are zeros it drops)
-            slots = hidden.new_zeros((*mask.shape, hidden.shape[-1])).index_put(
-                (batch.rows, batch.slots), hidden[batch.rows, batch.cols])
+            rows = self._hidden(lm, batch)[batch.rows, batch.cols]
+            # [B, T, H] in completion slots (the op's layout; slots outside the mask are zeros it drops)
+            slots = rows.new_zeros((*mask.shape, rows.shape[-1])).index_put((batch.rows, batch.slots), rows)
             out = fused_linear_policy_loss(
-                slots, lm.get_output_embeddings().weight, batch.completion_ids, old_logp, batch.advantages, mask,
+                slots, lm.get_output_embeddings().weight, batch.completion_ids, old_logp, adv, mask,
                 temperature=self.temperature, token_stats=True, **loss_kw)
-            return MicroBatchLoss(out.loss, out.metrics, out.logp.float(), out.entropy.float())
-        logp, entropy = self._logprobs(self.model, batch, entropy=True)
+            values = self._scatter(batch, value_head(rows)) if value_head is not None else None
+            return MicroBatchLoss(out.loss, out.metrics, out.logp.float(), out.entropy.float(), values)
+        logp, entropy, values = self._forward(self.model, batch, entropy=True, value_head=value_head)
         old = logp.detach() if old_logp is None else old_logp
-        loss, metrics = policy_loss(logp, old, batch.advantages, mask, **loss_kw)
-        return MicroBatchLoss(loss, metrics, logp.detach(), entropy)
+        loss, metrics = policy_loss(logp, old, adv, mask, **loss_kw)
+        return MicroBatchLoss(loss, metrics, logp.detach(), entropy, values)
 
     # -- internals -------------------------------------------------------------------------
 
@@ -172,31 +182,36 @@ class PolicyLogprobs:
         out = backbone(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
         return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
 
-    def _logprobs(self, model, batch: TrainBatch, *, entropy: bool = False):
-        """logp [B, T]; with entropy=True (logp, entropy [B, T] detached), the entropy from the same
-        forward (the fold's by-product on the fused path, the logits' softmax on the logits path)."""
+    @staticmethod
+    def _scatter(batch: TrainBatch, flat: torch.Tensor) -> torch.Tensor:
+        """[N] completion-token values -> [B, T] float32, 0 outside the completion mask."""
+        out = torch.zeros(batch.completion_mask.shape, dtype=torch.float32, device=flat.device)
+        return out.index_put((batch.rows, batch.slots), flat.float())
+
+    def _logprobs(self, model, batch: TrainBatch) -> torch.Tensor:
+        return self._forward(model, batch)[0]
+
+    def _forward(self, model, batch: TrainBatch, *, entropy: bool = False, value_head=None):
+        """(logp [B, T], entropy [B, T] detached or None, values [B, T] or None) from one forward.
+
+        The entropy is the fold's by-product on the fused path (entropy_grad=False keeps a frozen
+        head's 2-GEMM form) and the logits' softmax on the logits path."""
         lm = causal_lm_of(model)
         ids = batch.completion_ids[batch.rows, batch.slots]
         if self.impl == "fused":
-            hidden = self._hidden(lm, batch)
+            rows = self._hidden(lm, batch)[batch.rows, batch.cols]
             head = lm.get_output_embeddings()
-            flat = fused_linear_logprob(
-                hidden[batch.rows, batch.cols], head.weight, ids, bias=head.bias, temperature=self.temperature,
-                return_entropy=entropy, entropy_grad=False,
-            )
+            flat = fused_linear_logprob(rows, head.weight, ids, bias=head.bias, temperature=self.temperature,
+                                        return_entropy=entropy, entropy_grad=False)
         else:
-            logits = lm(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
-            flat = selective_log_softmax(logits[batch.rows, batch.cols], ids, temperature=self.temperature,
+            out = lm(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False,
+                     output_hidden_states=value_head is not None)
+            rows = out.hidden_states[-1][batch.rows, batch.cols] if value_head is not None else None
+            flat = selective_log_softmax(out.logits[batch.rows, batch.cols], ids, temperature=self.temperature,
                                          return_entropy=entropy)
         flat_lp, flat_ent = (flat.logp, flat.entropy.detach()) if entropy else (flat, None)
-        shape = batch.completion_mask.shape
-        logp = torch.zeros(shape, dtype=torch.float32, device=flat_lp.device).index_put(
-            (batch.rows, batch.slots), flat_lp.float())
-        if not entropy:
-            return logp
-        ent = torch.zeros(shape, dtype=torch.float32, device=flat_lp.device).index_put(
-            (batch.rows, batch.slots), flat_ent.float())
-        return logp, ent
+        return (self._scatter(batch, flat_lp), self._scatter(batch, flat_ent) if entropy else None,
+                self._scatter(batch, value_head(rows)) if value_head is not None else None)
 
 
 @contextlib.contextmanager

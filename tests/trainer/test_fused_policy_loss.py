@@ -149,3 +149,40 @@ def test_logit_transform_and_lora_keep_their_paths(tokenizer, model):
     assert lp.impl == "fused" and not lp.fused_loss  # frozen head: fused_linear_logprob's 2-GEMM form
     with pytest.raises(ValueError, match="not LoRA"):
         PolicyLogprobs(lora, temperature=1.0, fused_loss=True)
+
+
+@pytest.mark.parametrize("tie", [False, True])
+def test_ppo_fused_policy_loss_gives_the_same_update(tokenizer, tie):
+    """PPO: token advantages, frozen old log-probs and values, the value head on the same forward."""
+    from mpo_fast.trainer.ppo import ValueHead
+    from mpo_fast.trainer.ppo_update import PPOUpdater
+
+    model = tiny_causal_lm(tokenizer, tie=tie, arch="qwen2" if tie else "llama").double()
+    batch = _batch(6)
+    scores = torch.randn(batch.size, generator=torch.Generator().manual_seed(6))
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    runs = {}
+    for fused_loss in (None, False):
+        m = copy.deepcopy(model)
+        torch.manual_seed(0)
+        head = ValueHead(m.config.hidden_size)  # fp32 (it casts the hidden state)
+        params = [p for p in m.parameters() if p.requires_grad] + list(head.parameters())
+        opt = torch.optim.SGD(params, lr=0.5)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+        lp = PolicyLogprobs(m, temperature=0.8, ref_model=copy.deepcopy(m).requires_grad_(False), fused_loss=fused_loss)
+        assert lp.fused_loss is (fused_loss is None)
+        settings = TrainSettings(algorithm="ppo", micro_batch_size=4, ppo_epochs=2, kl_coef=0.05, max_grad_norm=1.0)
+        upd = PPOUpdater(lp, head, opt, sched, params, settings, max_tokens=8, device=torch.device("cpu"))
+        results = [upd.update(batch, scores) for _ in range(2)]
+        weights = {n: p.detach().clone() for n, p in m.named_parameters()}
+        weights.update({f"value_head.{n}": p.detach().clone() for n, p in head.named_parameters()})
+        runs[fused_loss] = weights, results
+    (w_f, r_f), (w_p, r_p) = runs[None], runs[False]
+    for name in w_p:
+        start = before.get(name, torch.zeros_like(w_p[name]))
+        assert_elementwise_close(w_f[name] - start, w_p[name] - start, rtol=RTOL, what=f"weight change {name}")
+    for a, b in zip(r_f, r_p):
+        assert a.loss == pytest.approx(b.loss, rel=RTOL, abs=1e-9) and a.grad_norm == pytest.approx(b.grad_norm, rel=RTOL)
+        assert a.metrics.keys() == b.metrics.keys() and "entropy" in a.metrics
+        for k in a.metrics:
+            assert a.metrics[k] == pytest.approx(b.metrics[k], rel=RTOL, abs=1e-9), k
