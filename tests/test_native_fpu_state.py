@@ -59,7 +59,10 @@ def _advantages_and_gae():
     gae(torch.randn(2, 6), torch.randn(2, 6), torch.ones(2, 6, dtype=torch.bool), gamma=0.99, lam=0.95, backend="cpu")
 
 
-@pytest.mark.parametrize("op", [_policy_loss, _selective_log_softmax, _fused_linear, _advantages_and_gae], ids=lambda f: f.__name__.strip("_"))
+OPS = [_policy_loss, _selective_log_softmax, _fused_linear, _advantages_and_gae]
+
+
+@pytest.mark.parametrize("op", OPS, ids=lambda f: f.__name__.strip("_"))
 def test_native_ops_leave_the_x87_stack_empty(op):
     assert _x87_division_is_sound()
     op()

@@ -6,7 +6,7 @@ Here the loss is known inside the op, and d loss / d logp_i is elementwise in lo
 KL) times a weight that depends on the mask alone (the aggregation). So, as Liger's fused linear
 losses do, the gradients are formed in the forward, one token chunk at a time:
 
-  for each chunk of valid tokens k (full vocabulary, [n_k, V] tile, TILE_BYTES or one row at least):
+  for each chunk of valid tokens k (full vocabulary, [n_k, V] tile: TILE_BYTES, MIN_TOKENS at least):
       tile = h_k @ W^T                          GEMM 1   (the LM head's dtype)
       fold(tile) -> lse, logp_k                  backend tile kernel (C++ / Triton / CUDA / torch)
       g_k = d loss / d logp_k                    elementwise (below), times the aggregation weight
@@ -33,7 +33,7 @@ import torch
 from .. import _backend
 from ..reference import fused_linear_policy_loss as ref
 from ..reference.policy_loss import AGGREGATIONS, KL_ESTIMATORS, METRICS
-from .fused_linear_logprob import TILE_BYTES, _addmm_acc_, _tile_kernels
+from .fused_linear_logprob import _addmm_acc_, _tile_kernels
 from .policy_loss import LossVariant, PolicyLossOutput, policy_loss
 from .selective_log_softmax import acc_dtype, check_temperature
 
@@ -81,9 +81,20 @@ def aggregation_weights(w: torch.Tensor, v: LossVariant, steps: int) -> torch.Te
     return torch.full_like(row_n, 1.0 / (w.shape[0] * (steps if v.max_tokens is None else v.max_tokens)))
 
 
+# Bytes of the [n_k, V] logits tile, and the fewest tokens a chunk takes whatever V is. GEMM 3
+# (grad_W += tile^T @ h_k) has n_k as its inner dimension and reads and writes the whole [V, H] fp32
+# accumulator once per chunk (113 MB at SmolLM2's V=49152, H=576), so small chunks make it
+# memory-bound. Measured on CPU (N=512, H=576, V=49152, fp32, 1 thread, loaded 2-core machine):
+# 42 tokens a chunk (fused_linear_logprob's 8 MB tile) 3.3 s fwd+bwd, 170 (32 MB) 2.2 s, against
+# 3.0 s for fused_linear_logprob + policy_loss. GPU: 256 MB = 883 tokens at V=151936 in bf16.
+TILE_BYTES = {"cuda": 256 << 20, "cpu": 32 << 20}
+MIN_TOKENS = {"cuda": 64, "cpu": 128}
+
+
 def _tokens_per_tile(vocab: int, dtype: torch.dtype, device_type: str) -> int:
     kind = "cuda" if device_type == "cuda" else "cpu"
-    return max(1, TILE_BYTES[kind] // (vocab * torch.tensor([], dtype=dtype).element_size()))
+    fit = TILE_BYTES[kind] // (vocab * torch.tensor([], dtype=dtype).element_size())
+    return max(1, MIN_TOKENS[kind], fit)
 
 
 def _chunked_grads(hidden, weight, ids, old_logp, advantages, mask, ref_logp, inv_t, v, backend, need_w,

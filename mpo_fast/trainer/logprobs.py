@@ -114,14 +114,22 @@ class PolicyLogprobs:
         self.impl = resolve_logprob_impl(model, impl)
         self.ref_model = ref_model
         self.peft = is_peft_model(model)
-        eligible = self.impl == "fused" and trainable_plain_head(model)
-        if fused_loss and not eligible:
+        if fused_loss and not self._fused_loss_eligible():
             raise ValueError(
-                "fused_loss=True needs the fused log-prob path (model.logprob_impl auto/fused on a model without logit "
-                "transforms) and a trained LM head that is a plain nn.Linear without bias (full fine-tuning, not LoRA); "
-                "leave fused_loss unset to pick the path automatically"
+                "fused_loss=True needs the fused log-prob path (model.logprob_impl auto/fused on a model without "
+                "logit transforms) and a trained LM head that is a plain nn.Linear without bias (full fine-tuning, "
+                "not LoRA); leave fused_loss unset to pick the path automatically"
             )
-        self.fused_loss = eligible if fused_loss is None else bool(fused_loss)
+        self._fused_loss = fused_loss
+
+    def _fused_loss_eligible(self) -> bool:
+        return self.impl == "fused" and trainable_plain_head(self.model)
+
+    @property
+    def fused_loss(self) -> bool:
+        """Whether policy_loss runs fused_linear_policy_loss. Decided at each call, not once: the
+        model may be wrapped (sharded, frozen) after this object is built."""
+        return self._fused_loss is not False and self._fused_loss_eligible()
 
     # -- public ----------------------------------------------------------------------------
 

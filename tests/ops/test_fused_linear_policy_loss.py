@@ -121,6 +121,7 @@ def test_chunks_cover_every_token(monkeypatch):
     case = _case(3, 7, 8, 300, torch.float32, seed=6)
     one = _run(fused_linear_policy_loss, *case[:2], *case[2:6], ref_logp=case[6], kl_coef=0.1, backend="torch")
     monkeypatch.setitem(flpl.TILE_BYTES, "cpu", 300 * 4 * 3)  # 3 tokens a chunk
+    monkeypatch.setitem(flpl.MIN_TOKENS, "cpu", 1)
     many = _run(fused_linear_policy_loss, *case[:2], *case[2:6], ref_logp=case[6], kl_coef=0.1, backend="torch")
     torch.testing.assert_close(one[0], many[0], rtol=1e-6, atol=0)
     torch.testing.assert_close(one[2], many[2], rtol=1e-5, atol=1e-9)
@@ -230,3 +231,11 @@ def test_token_stats_and_on_policy_ratio(backend, shape):
     assert_elementwise_close(out.logp, lp64, rtol=1e-5, what=f"logp {backend}")
     assert_elementwise_close(out.entropy, ent64, rtol=1e-5, what=f"entropy {backend}")
     assert (out.entropy[~mask] == 0).all() and (out.logp[~mask] == 0).all()
+
+
+def test_chunk_size_keeps_the_weight_gradient_gemm_compute_bound():
+    """GEMM 3's inner dimension is the chunk's token count: never fewer than MIN_TOKENS, else the
+    tile budget (flpl.TILE_BYTES) decides."""
+    assert flpl._tokens_per_tile(QWEN_VOCAB, torch.float32, "cpu") == flpl.MIN_TOKENS["cpu"]  # 32 MB fits 55
+    assert flpl._tokens_per_tile(49152, torch.float32, "cpu") == (32 << 20) // (49152 * 4)  # 170
+    assert flpl._tokens_per_tile(QWEN_VOCAB, torch.bfloat16, "cuda") == (256 << 20) // (QWEN_VOCAB * 2)  # 883
