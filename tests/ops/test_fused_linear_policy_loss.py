@@ -83,9 +83,10 @@ def test_aggregations_and_kl(backend, aggregation, kl):
 
 
 @pytest.mark.parametrize("backend", [b for b in CHUNKED if b != "triton"])
-def test_real_vocab(backend):
+@pytest.mark.parametrize("b, t, h", [(2, 4, 24), (3, 7, 13)])  # even and odd batch, length, width
+def test_real_vocab(backend, b, t, h):
     """V = 151,936: the gradient rows are one large target entry and ~1e-5 elsewhere (element-wise metric)."""
-    _check(backend, _case(2, 4, 24, QWEN_VOCAB, torch.float32, seed=3), kl_coef=0.02)
+    _check(backend, _case(b, t, h, QWEN_VOCAB, torch.float32, seed=3 + h), kl_coef=0.02)
 
 
 @pytest.mark.skipif("triton" not in CHUNKED, reason="triton interpreter not available")
@@ -202,7 +203,7 @@ def test_benchmark_module_runs_quick_on_cpu():
 
 # ---- what the trainer uses: on-policy old_logp=None, token_stats (logp + entropy) -------------
 @pytest.mark.parametrize("backend", CHUNKED + ["reference"])
-@pytest.mark.parametrize("shape", [(1, 7, 13, 1025), (3, 5, 16, 769)])  # odd B, T, H, V
+@pytest.mark.parametrize("shape", [(1, 7, 13, 1025), (3, 5, 16, 769), (1, 3, 9, QWEN_VOCAB)])  # odd sizes
 def test_token_stats_and_on_policy_ratio(backend, shape):
     """old_logp=None is the on-policy pass (ratio against this forward's own logp): same loss, metrics
     and gradients as passing those log-probs in; token_stats returns logp and entropy [B, T] as the
