@@ -16,6 +16,9 @@ losses do, the gradients are formed in the forward, one token chunk at a time:
   loss, metrics = policy_loss(logp, ...)        on [B, T] log-probs (the policy_loss op, no grad)
 
 3 GEMMs in all; the backward only scales the saved gradients by the incoming scalar gradient.
+old_logp=None is the on-policy single pass (ratio against the op's own logp, as TRL's detach).
+token_stats=True also returns the per-token logp and entropy (the fold keeps sum_j e_j (z_j - m):
+one multiply-add per logit, no extra pass) for the trainer to log without a second forward.
 Memory: one [n_k, V] tile, grad_h [N, H] and grad_W [V, H] (fp32 for 16-bit weights; Liger keeps the
 same [V, H] accumulator). Padding (mask == 0) is dropped before the GEMMs.
 
