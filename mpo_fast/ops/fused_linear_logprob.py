@@ -500,6 +500,7 @@ def fused_linear_logprob(
     return_entropy: bool = False,
     backend: str = "auto",
     check_ids: bool = True,
+    entropy_grad: bool = True,
 ) -> torch.Tensor | TokenLogProbs:
     """log softmax((hidden @ weight.T + bias) / temperature)[i, ids[i]] without the [N, V] logits.
 
@@ -511,6 +512,8 @@ def fused_linear_logprob(
     (a frozen LM head under LoRA) gets no gradient and none is computed.
     Extra memory: one tile (TILE_BYTES) plus O(N) row statistics and, in the backward, fp32
     accumulators of grad_hidden [N, H] and of one weight chunk [vocab_chunk, H].
+    entropy_grad False: the entropy is returned detached (a metric to log, not a loss term), so a
+    frozen head keeps its 2-GEMM form (E_p[W] in the forward) with the entropy a by-product of the fold.
     """
     _validate(hidden, weight, ids, bias, ignore_index)
     temperature = check_temperature(temperature)
@@ -521,9 +524,11 @@ def fused_linear_logprob(
     # A frozen head (LoRA) training through logp alone: E_p[W] in the forward, a GEMM-free backward.
     expected_weight = (
         torch.is_grad_enabled() and hidden.requires_grad and not weight.requires_grad
-        and (bias is None or not bias.requires_grad) and not return_entropy
+        and (bias is None or not bias.requires_grad) and not (return_entropy and entropy_grad)
     )
     logp, entropy, _, _ = _forward_op(
         hidden, weight, ids64, bias, temperature, int(ignore_index), bool(return_entropy), expected_weight, name
     )
-    return TokenLogProbs(logp, entropy) if return_entropy else logp
+    if not return_entropy:
+        return logp
+    return TokenLogProbs(logp, entropy if entropy_grad else entropy.detach())

@@ -14,7 +14,7 @@ def fused_linear_policy_loss(
     hidden: torch.Tensor,
     weight: torch.Tensor,
     ids: torch.Tensor,
-    old_logp: torch.Tensor,
+    old_logp: torch.Tensor | None,
     advantages: torch.Tensor,
     mask: torch.Tensor,
     *,
@@ -26,15 +26,18 @@ def fused_linear_policy_loss(
     kl_estimator: str = "k3",
     aggregation: str = "token_mean",
     max_tokens: int | None = None,
-) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
-    """(loss, metrics, logp [B, T]) from hidden [B, T, H], weight [V, H], ids [B, T]."""
+) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+    """(loss, metrics, logp [B, T], entropy [B, T]) from hidden [B, T, H], weight [V, H], ids [B, T].
+
+    old_logp None: the ratio is taken against this very forward's log-probs (detached), as an
+    on-policy single pass does."""
     batch, steps, h = hidden.shape
     logits = hidden.reshape(batch * steps, h) @ weight.t()  # in the inputs' dtype, as an LM head
     flat_ids = torch.where(mask.reshape(-1) != 0, ids.reshape(-1), torch.full_like(ids.reshape(-1), -100))
-    logp, _ = selective_log_softmax(logits, flat_ids, temperature, -100)
-    logp = logp.view(batch, steps)
+    logp, entropy = selective_log_softmax(logits, flat_ids, temperature, -100)
+    logp, entropy = logp.view(batch, steps), entropy.view(batch, steps)
     loss, metrics = policy_loss(
-        logp, old_logp, advantages, mask, ref_logp=ref_logp, clip_low=clip_low, clip_high=clip_high,
+        logp, logp.detach() if old_logp is None else old_logp, advantages, mask, ref_logp=ref_logp, clip_low=clip_low, clip_high=clip_high,
         kl_coef=kl_coef, kl_estimator=kl_estimator, aggregation=aggregation, max_tokens=max_tokens,
     )
-    return loss, metrics, logp
+    return loss, metrics, logp, entropy

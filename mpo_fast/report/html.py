@@ -23,8 +23,7 @@ table{border-collapse:collapse;margin:8px 0}td,th{border:1px solid #dde;padding:
 th{background:#f0f2f6}.ci{color:#666;font-size:12px}.meta{color:#666;font-weight:normal;font-size:12px}
 .note{color:#666;font-style:italic}.warn{background:#fff3cd;border:1px solid #e0c36c;padding:6px 10px}
 .chart-box{background:#fff;border:1px solid #dde;margin:10px 0;max-width:760px}svg.chart{width:100%;height:auto;display:block}
-svg .chart-title{font-size:12px;font-weight:600}svg .tick,svg .legend,svg .span-label{font-size:10px;fill:#555}
-svg .axis{font-size:11px;fill:#333}svg .grid{stroke:#eee}svg .frame{stroke:#bbb}svg.bars{width:300px;height:90px}
+svg.bars{width:300px;height:90px}.chart-missing{padding:6px 10px}
 pre{white-space:pre-wrap;word-break:break-word;background:#f4f4f4;padding:6px;margin:4px 0;max-height:360px;overflow:auto}
 .rubric-version{background:#fff;border:1px solid #dde;padding:4px 14px;margin:12px 0}.desc{color:#444;font-size:13px}
 details.step{background:#fff;border:1px solid #dde;margin:4px 0;padding:2px 8px}.sample{border-top:1px dashed #ccc;padding:4px 0}

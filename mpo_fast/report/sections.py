@@ -11,7 +11,7 @@ from ..evaluation.aggregate import ratings_from_results
 from ..rubrics.diff import diff_rubrics
 from .run_data import RunData
 from .charts import bars, line_chart
-from .svg_chart import Chart, Marker, Series, Span
+from .chart_spec import Chart, Marker, Series, Span
 
 STAGES = (("generate_s", "generate"), ("judge_s", "judge"), ("update_s", "update"), ("evolve_s", "meta (evolve)"))
 MAX_BROWSER_STEPS = 200  # a 10,000-step run would otherwise write ~30,000 samples into one page

@@ -6,6 +6,10 @@ last token, -kl_coef * k1 per token, as the reference's PPO), GAE and batch-wide
 (ppo.py); (3) ppo_epochs passes of clipped policy loss (ops.policy_loss with token advantages, no
 KL term: it is in the reward) + vf_coef * clipped value loss, with gradient accumulation,
 clipping, skip-on-non-finite and one scheduler step per optimizer step as in update.py.
+
+The policy term and the values share one backbone forward (PolicyLogprobs.policy_loss with the value
+head): fused_linear_policy_loss where the LM head is a trained plain nn.Linear, as in update.py.
+`entropy` is the mean per-token policy entropy over the completion tokens of the first epoch.
 """
 from __future__ import annotations
 
@@ -13,11 +17,10 @@ import logging
 
 import torch
 
-from ..ops.policy_loss import policy_loss
-from ..ops.selective_log_softmax import selective_log_softmax
+from ..ops.policy_loss import LossVariant
 from .batch import TrainBatch
 from .config import TrainSettings
-from .logprobs import PolicyLogprobs, causal_lm_of
+from .logprobs import PolicyLogprobs
 from .ppo import ValueHead, gae, token_rewards, value_loss, whiten
 from .update import UpdateResult, clip_and_step
 
@@ -35,19 +38,6 @@ class PPOUpdater:
         self.settings = settings
         self.max_tokens = max_tokens
         self.device = device
-
-    def _forward(self, m: TrainBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        """(log-probs [B, T], values [B, T]) of the policy, 0 outside the completion mask; V at the
-        position that predicts each completion token (the state before it)."""
-        lm = causal_lm_of(self.logprobs.model)
-        out = lm(input_ids=m.input_ids, attention_mask=m.attention_mask, use_cache=False, output_hidden_states=True)
-        ids = m.completion_ids[m.rows, m.slots]
-        flat = selective_log_softmax(out.logits[m.rows, m.cols], ids, temperature=self.logprobs.temperature)
-        values = self.value_head(out.hidden_states[-1][m.rows, m.cols])
-        shape = m.completion_mask.shape
-        logp = torch.zeros(shape, dtype=torch.float32, device=flat.device).index_put((m.rows, m.slots), flat.float())
-        v = torch.zeros(shape, dtype=torch.float32, device=flat.device).index_put((m.rows, m.slots), values.float())
-        return logp, v
 
     def update(self, batch: TrainBatch, scores: torch.Tensor, *, behaviour_old_logp: bool = False) -> UpdateResult:
         """behaviour_old_logp: the batch was sampled by an older policy (overlapped, max_staleness > 0):
@@ -67,7 +57,8 @@ class PPOUpdater:
         kl_sum, kl_tokens = 0.0, 0
         with torch.no_grad():
             for m, sc in zip(micros, chunks):
-                logp, values = self._forward(m)
+                # the sampling policy's log-probs and V at the position that predicts each completion token
+                logp, values = self.logprobs.policy_and_values(m, self.value_head)
                 if behaviour_old_logp:
                     logp = m.behaviour_logp
                 k1 = None
@@ -95,12 +86,16 @@ class PPOUpdater:
         clip_frac = 0.0
         skipped = 0
         grad_norm = 0.0
-        for _ in range(s.ppo_epochs):
+        entropy_sum = 0.0
+        variant = LossVariant(s.clip_low, s.clip_high, aggregation="token_mean", max_tokens=self.max_tokens)
+        for epoch in range(s.ppo_epochs):
             for m, w, (old_logp, old_v), adv, ret in zip(micros, weights, olds, advs, rets):
-                logp, v = self._forward(m)
-                pl, metrics = policy_loss(logp, old_logp, adv, m.completion_mask, clip_low=s.clip_low, clip_high=s.clip_high,
-                                          aggregation="token_mean", max_tokens=self.max_tokens)
-                vl = value_loss(v, old_v, ret, m.completion_mask, clip=s.vf_clip)
+                out = self.logprobs.policy_loss(m, old_logp=old_logp, ref_logp=None, variant=variant, advantages=adv,
+                                                value_head=self.value_head)
+                pl, metrics = out.loss, out.metrics
+                if epoch == 0:
+                    entropy_sum += float(out.entropy.sum())
+                vl = value_loss(out.values, old_v, ret, m.completion_mask, clip=s.vf_clip)
                 loss = pl + s.vf_coef * vl
                 (loss * w).backward()
                 loss_total += float(loss.detach()) * w / s.ppo_epochs
@@ -112,5 +107,5 @@ class PPOUpdater:
         return UpdateResult(
             loss=loss_total, grad_norm=grad_norm, skipped_steps=skipped, optimizer_steps=s.ppo_epochs, lr=lr,
             metrics={"value_loss": vf_total, "clip_fraction": clip_frac, "returns_mean": returns_mean,
-                     "kl": kl_sum / kl_tokens if kl_tokens else 0.0},
+                     "kl": kl_sum / kl_tokens if kl_tokens else 0.0, "entropy": entropy_sum / total},
         )

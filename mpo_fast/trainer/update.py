@@ -5,6 +5,12 @@ Micro-batch losses are weighted so the accumulated gradient equals the full batc
 weights each micro-batch by its share of the batch's completion tokens, the seq_mean variants
 by its share of sequences. Splitting a batch into micro-batches therefore changes memory, not
 the update.
+
+The loss of each micro-batch comes from PolicyLogprobs.policy_loss: fused_linear_policy_loss (3
+GEMMs, gradients formed in the forward) when the LM head is a trained plain nn.Linear, else logp
+then the policy_loss op. `entropy` is the mean per-token entropy of the policy over the batch's
+completion tokens, from the first epoch's forwards (the policy that sampled the batch when
+on-policy), a by-product of the same softmax: no extra forward, no [N, V] logits on the fused paths.
 """
 from __future__ import annotations
 
@@ -15,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..ops.policy_loss import policy_loss
+from ..ops.policy_loss import LossVariant
 from .batch import TrainBatch
 from .config import TrainSettings
 from .logprobs import PolicyLogprobs
@@ -119,7 +125,9 @@ class PolicyUpdater:
             # that sampled them, frozen before the first optimizer step.
             with torch.no_grad():
                 olds = [self.logprobs.policy(m) for m in micros]
+        variant = LossVariant(s.clip_low, s.clip_high, kl_coef, s.kl_estimator, s.loss_aggregation, self.max_tokens)
         sums = {k: 0.0 for k in _MEAN_METRICS}
+        entropy_sum, entropy_tokens = 0.0, 0
         ratio_min, ratio_max = math.inf, -math.inf
         loss_total = 0.0
         skipped = 0
@@ -127,24 +135,22 @@ class PolicyUpdater:
         behaviour_diff = []
         for epoch in range(s.ppo_epochs):
             for m, w, ref, old in zip(micros, weights, refs, olds):
-                logp = self.logprobs.policy(m)
-                old_logp = old if old is not None else logp.detach()
-                loss, loss_metrics = policy_loss(
-                    logp, old_logp, m.advantages, m.completion_mask,
-                    ref_logp=ref, clip_low=s.clip_low, clip_high=s.clip_high, kl_coef=kl_coef,
-                    kl_estimator=s.kl_estimator, aggregation=s.loss_aggregation, max_tokens=self.max_tokens,
-                )
+                out = self.logprobs.policy_loss(m, old_logp=old, ref_logp=ref, variant=variant)
+                loss, loss_metrics, logp = out.loss, out.metrics, out.logp
                 (loss * w).backward()
                 loss_total += float(loss.detach()) * w / s.ppo_epochs
                 for k in _MEAN_METRICS:
                     sums[k] += float(loss_metrics[k]) * w / s.ppo_epochs
                 ratio_min = min(ratio_min, float(loss_metrics["ratio_min"]))
                 ratio_max = max(ratio_max, float(loss_metrics["ratio_max"]))
+                if epoch == 0:
+                    entropy_sum += float(out.entropy.sum())  # 0 outside the completion mask
+                    entropy_tokens += m.num_tokens
                 if epoch == 0 and m.behaviour_logp is not None:
                     # Sampler-vs-trainer log-prob gap: ~1e-6 in-process; large values flag a
                     # stale or mismatched rollout engine.
                     mask = m.completion_mask
-                    gap = (logp.detach() - m.behaviour_logp)[mask].abs()
+                    gap = (logp - m.behaviour_logp)[mask].abs()
                     behaviour_diff.append((float(gap.sum()), int(mask.sum())))
             self._sync_gradients()
             grad_norm, stepped = clip_and_step(self.optimizer, self.scheduler, self.params, s.max_grad_norm)
@@ -152,6 +158,8 @@ class PolicyUpdater:
         metrics = dict(sums)
         metrics["ratio_min"] = ratio_min
         metrics["ratio_max"] = ratio_max
+        if entropy_tokens:
+            metrics["entropy"] = entropy_sum / entropy_tokens
         if behaviour_diff:
             metrics["behaviour_logp_gap"] = sum(a for a, _ in behaviour_diff) / max(sum(n for _, n in behaviour_diff), 1)
         return UpdateResult(

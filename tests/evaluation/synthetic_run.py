@@ -39,7 +39,7 @@ def make_run(root: Path, steps: int = 12) -> Path:
             "rule_reward_mean": None, "samples": 4, "valid_samples": 4 - failed, "judge_failed": failed,
             "judge_failed_total": 1 if step >= 3 else 0, "judge_failure_rate": (1 if step >= 3 else 0) / (4 * step),
             "response_length_mean": 40 + step, "response_length_max": 60 + step, "kl": 0.001 * step,
-            "approx_kl": 0.0005 * step, "loss": 0.1 - 0.01 * step, "grad_norm": 1.0,
+            "approx_kl": 0.0005 * step, "loss": 0.1 - 0.01 * step, "grad_norm": 1.0, "entropy": 2.5 - 0.05 * step,
             "signals": ["length_collapse: mean length fell 40% in 3 steps"] if step == 6 else [],
             "rubric_evolved": {4: 2, 8: 3}.get(step), "generate_s": 1.0, "judge_s": 2.0, "update_s": 0.5,
             "evolve_s": 3.0 if step in (4, 8) else 0.0, "samples_per_s": 1.2, "generated_tokens_per_s": 150.0,

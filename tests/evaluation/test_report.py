@@ -61,17 +61,8 @@ def test_report_has_every_section_and_is_self_contained(run_dir):
     assert INJECTION not in html and "&lt;script&gt;alert" in html
 
 
-@pytest.fixture(params=["svg", "matplotlib"])
-def chart_backend(request, monkeypatch):
-    from mpo_fast.report import charts
-
-    if request.param == "matplotlib":
-        pytest.importorskip("matplotlib")
-    monkeypatch.setattr(charts, "BACKEND", request.param)
-    return request.param
-
-
-def test_plots_are_real_svg_with_lines_spans_and_markers(run_dir, chart_backend):
+def test_plots_are_real_svg_with_lines_spans_and_markers(run_dir):
+    pytest.importorskip("matplotlib")
     html = render_report(load_run(run_dir))
     svgs = SVG.findall(html)
     assert len(svgs) >= 7
@@ -80,16 +71,10 @@ def test_plots_are_real_svg_with_lines_spans_and_markers(run_dir, chart_backend)
     reward = next(s for s in svgs if "Reward per step" in s)
     root = ET.fromstring(reward)
     ns = "{http://www.w3.org/2000/svg}"
-    if chart_backend == "svg":
-        line = [p for p in root.iter(f"{ns}path") if p.get("class") == "line"]
-        spans = [r.find(f"{ns}title").text for r in root.iter(f"{ns}rect") if r.get("class") == "span"]
-        markers = [m.find(f"{ns}title").text for m in root.iter(f"{ns}line") if m.get("class") == "marker"]
-        assert "step 4: rubric v2 created" in markers and any(m.startswith("step 6: length_collapse") for m in markers)
-    else:
-        ids = {e.get("id") for e in root.iter() if e.get("id")}
-        line = list(next(e for e in root.iter() if e.get("id") == "reward-per-step-line-mean-reward").iter(f"{ns}path"))
-        spans = [i.split("-span-")[1].replace("-", " ") for i in sorted(ids) if "-span-" in i]
-        assert {"reward-per-step-marker-swap-4", "reward-per-step-marker-swap-8", "reward-per-step-marker-signal-6"} <= ids
+    ids = {e.get("id") for e in root.iter() if e.get("id")}
+    line = list(next(e for e in root.iter() if e.get("id") == "reward-per-step-line-mean-reward").iter(f"{ns}path"))
+    spans = [i.split("-span-")[1].replace("-", " ") for i in sorted(ids) if "-span-" in i]
+    assert {"reward-per-step-marker-swap-4", "reward-per-step-marker-swap-8", "reward-per-step-marker-signal-6"} <= ids
     assert spans == ["rubric v1", "rubric v2", "rubric v3"]
     assert line and len(re.findall(r"[ML]\s*-?[\d.]+[ ,]-?[\d.]+", line[0].get("d"))) == 12  # one vertex per step
 
@@ -127,8 +112,27 @@ def test_report_of_a_real_tiny_run(tiny_run, tmp_path, capsys):
     assert main(["report", str(run)]) == 0
     assert f"report: {run / 'report.html'}" in capsys.readouterr().out
     html = (run / "report.html").read_text()
-    assert html.count("<svg") >= 7 and 'id="rubric-v2"' in html and "No evaluation yet" in html
-    assert "Entropy: not logged" in html
+    assert html.count("<svg") >= 8 and 'id="rubric-v2"' in html and "No evaluation yet" in html
+    # the trainer logs the policy entropy (issue 17): the chart is drawn, with one vertex per step
+    assert "Entropy: not logged" not in html
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert all(0 < r["entropy"] < 6 for r in metrics if "loss" in r)  # nats, under log(vocab ~ 100)
+    entropy = next(s for s in SVG.findall(html) if ">Entropy<" in s)
+    path = next(e for e in ET.fromstring(entropy).iter() if e.get("id") == "entropy-line-entropy")
+    d = next(path.iter("{http://www.w3.org/2000/svg}path")).get("d")
+    assert len(re.findall(r"[ML]\s*-?[\d.]+[ ,]-?[\d.]+", d)) == sum("loss" in r for r in metrics)
+
+
+def test_report_without_matplotlib_is_written_with_a_note_per_chart(run_dir, monkeypatch):
+    from mpo_fast.report import charts
+
+    monkeypatch.setattr(charts, "matplotlib_available", lambda: False)
+    html = write_report(run_dir).read_text()
+    assert "<svg" not in html
+    notes = re.findall(r'<p class="note chart-missing">Chart &ldquo;(.*?)&rdquo; not drawn: matplotlib is not installed '
+                       r"\(pip install &#x27;mpo-fast\[eval\]&#x27;\)", html)
+    assert len(notes) >= 8 and any(n.startswith("Reward per step") for n in notes) and "Entropy" in notes
+    assert 'id="rubric-v2"' in html and 'id="samples-step-3"' in html  # the rest of the report is there
 
 
 def test_report_refuses_a_folder_without_a_run(tmp_path, capsys):

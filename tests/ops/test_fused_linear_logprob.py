@@ -202,6 +202,30 @@ def test_frozen_weight_matches_reference(backend, dtype, small_tiles):
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS + ["reference"])
+def test_frozen_weight_detached_entropy_keeps_two_gemms(backend, small_tiles, monkeypatch):
+    """entropy_grad=False (the trainer logs entropy, never differentiates it): a frozen head keeps the
+    E_p[W] forward and a GEMM-free backward, and the entropy (a fold by-product, across several
+    vocabulary chunks and the alpha rescale) matches the oracle."""
+    hidden, weight, _, ids = _inputs(11, 333, 16, torch.float32, seed=21, ignore_every=4)
+    weight = weight * 3  # the running max moves between vocabulary chunks
+    h = hidden.clone().requires_grad_()
+    mm = _CountingMM(monkeypatch)
+    out = fused_linear_logprob(h, weight, ids, backend=backend, return_entropy=True, entropy_grad=False)
+    assert any(b[0] == 64 for _, _, b in mm.calls)  # E_p[W]: [n, vocab-chunk] x [vocab-chunk, H]
+    assert not out.entropy.requires_grad and out.logp.requires_grad
+    mm.calls.clear()
+    out.logp.sum().backward()
+    assert mm.calls == [], mm.calls
+    monkeypatch.undo()
+    h64 = hidden.double().requires_grad_()
+    lp, en = ref.fused_linear_logprob(h64, weight.double(), ids)
+    lp.sum().backward()
+    assert_elementwise_close(out.entropy, en, rtol=1e-5, what=f"entropy {backend}")
+    assert_elementwise_close(out.logp, lp, rtol=1e-5, what=f"logp {backend}")
+    assert_elementwise_close(h.grad, h64.grad, rtol=1e-5, what=f"grad_h {backend}")
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS + ["reference"])
 def test_weight_only_gradient(backend):
     """Training the head alone (hidden detached): only grad_W and grad_b are produced."""
     hidden, weight, b, ids = _inputs(8, 400, 16, torch.float32, seed=6, bias=True)

@@ -9,7 +9,7 @@ import torch
 import mpo_fast.ops.fused_linear_policy_loss as flpl
 from mpo_fast.ops.fused_linear_policy_loss import fused_linear_policy_loss
 from mpo_fast.reference import fused_linear_policy_loss as ref
-from tests.helpers import assert_close_to_reference, available_backends
+from tests.helpers import assert_close_to_reference, assert_elementwise_close, available_backends
 
 CHUNKED = ["torch"] + available_backends("cpu", "triton")
 QWEN_VOCAB = 151936
@@ -83,9 +83,10 @@ def test_aggregations_and_kl(backend, aggregation, kl):
 
 
 @pytest.mark.parametrize("backend", [b for b in CHUNKED if b != "triton"])
-def test_real_vocab(backend):
+@pytest.mark.parametrize("b, t, h", [(2, 4, 24), (3, 7, 13)])  # even and odd batch, length, width
+def test_real_vocab(backend, b, t, h):
     """V = 151,936: the gradient rows are one large target entry and ~1e-5 elsewhere (element-wise metric)."""
-    _check(backend, _case(2, 4, 24, QWEN_VOCAB, torch.float32, seed=3), kl_coef=0.02)
+    _check(backend, _case(b, t, h, QWEN_VOCAB, torch.float32, seed=3 + h), kl_coef=0.02)
 
 
 @pytest.mark.skipif("triton" not in CHUNKED, reason="triton interpreter not available")
@@ -121,6 +122,7 @@ def test_chunks_cover_every_token(monkeypatch):
     case = _case(3, 7, 8, 300, torch.float32, seed=6)
     one = _run(fused_linear_policy_loss, *case[:2], *case[2:6], ref_logp=case[6], kl_coef=0.1, backend="torch")
     monkeypatch.setitem(flpl.TILE_BYTES, "cpu", 300 * 4 * 3)  # 3 tokens a chunk
+    monkeypatch.setitem(flpl.MIN_TOKENS, "cpu", 1)
     many = _run(fused_linear_policy_loss, *case[:2], *case[2:6], ref_logp=case[6], kl_coef=0.1, backend="torch")
     torch.testing.assert_close(one[0], many[0], rtol=1e-6, atol=0)
     torch.testing.assert_close(one[2], many[2], rtol=1e-5, atol=1e-9)
@@ -197,3 +199,44 @@ def test_benchmark_module_runs_quick_on_cpu():
     # providers that cannot run here are records with their reason (GPU backends, Liger on CPU)
     assert all(r["median_ms"] is None and r["unavailable"] for r in records if "unavailable" in r)
     assert "liger_grpo" in {r["provider"] for r in records if "unavailable" in r}
+
+
+# ---- what the trainer uses: on-policy old_logp=None, token_stats (logp + entropy) -------------
+@pytest.mark.parametrize("backend", CHUNKED + ["reference"])
+@pytest.mark.parametrize("shape", [(1, 7, 13, 1025), (3, 5, 16, 769), (1, 3, 9, QWEN_VOCAB)])  # odd sizes
+def test_token_stats_and_on_policy_ratio(backend, shape):
+    """old_logp=None is the on-policy pass (ratio against this forward's own logp): same loss, metrics
+    and gradients as passing those log-probs in; token_stats returns logp and entropy [B, T] as the
+    materialised oracle computes them, 0 on padding, without gradient."""
+    b, t, h, v = shape
+    hidden, weight, ids, _, adv, mask, ref_lp = _case(b, t, h, v, torch.float32, seed=v, per_token_adv=True)
+    with torch.no_grad():
+        lp64, ent64 = _logp(hidden.double(), weight.double(), ids, mask)
+    lp32, _ = _logp(hidden, weight, ids, mask)
+    kw = dict(ref_logp=ref_lp, kl_coef=0.05, temperature=1.0, aggregation="seq_mean_token_mean")
+    got = _run(lambda *a, **k: fused_linear_policy_loss(*a, **k, token_stats=True), hidden, weight, ids, None, adv,
+               mask, backend=backend, **kw)
+    given = _run(fused_linear_policy_loss, hidden, weight, ids, lp32.detach(), adv, mask, backend=backend, **kw)
+    r64 = _run(ref.fused_linear_policy_loss, hidden.double(), weight.double(), ids, lp64, adv.double(), mask,
+               ref_logp=ref_lp.double(), kl_coef=0.05, aggregation="seq_mean_token_mean")
+    assert float(got[1]["ratio_min"]) == 1.0 == float(got[1]["ratio_max"]) and float(got[1]["clip_fraction"]) == 0
+    torch.testing.assert_close(got[0], given[0], rtol=1e-5, atol=1e-7)
+    for k in ("kl", "approx_kl", "tokens"):
+        torch.testing.assert_close(got[1][k], given[1][k], rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(got[2], given[2], rtol=1e-4, atol=1e-7)
+    torch.testing.assert_close(got[3], given[3], rtol=1e-4, atol=1e-7)
+    assert_elementwise_close(got[2], r64[2], rtol=1e-4, what=f"grad_hidden {backend}")
+    assert_elementwise_close(got[3], r64[3], rtol=1e-4, what=f"grad_weight {backend}")
+    out = fused_linear_policy_loss(hidden, weight, ids, None, adv, mask, backend=backend, token_stats=True, **kw)
+    assert out.logp.shape == out.entropy.shape == (b, t) and not out.entropy.requires_grad
+    assert_elementwise_close(out.logp, lp64, rtol=1e-5, what=f"logp {backend}")
+    assert_elementwise_close(out.entropy, ent64, rtol=1e-5, what=f"entropy {backend}")
+    assert (out.entropy[~mask] == 0).all() and (out.logp[~mask] == 0).all()
+
+
+def test_chunk_size_keeps_the_weight_gradient_gemm_compute_bound():
+    """GEMM 3's inner dimension is the chunk's token count: never fewer than MIN_TOKENS, else the
+    tile budget (flpl.TILE_BYTES) decides."""
+    assert flpl._tokens_per_tile(QWEN_VOCAB, torch.float32, "cpu") == flpl.MIN_TOKENS["cpu"]  # 32 MB fits 55
+    assert flpl._tokens_per_tile(49152, torch.float32, "cpu") == (32 << 20) // (49152 * 4)  # 170
+    assert flpl._tokens_per_tile(QWEN_VOCAB, torch.bfloat16, "cuda") == (256 << 20) // (QWEN_VOCAB * 2)  # 883

@@ -128,15 +128,21 @@ def _drive_selective_log_softmax():
             out = fused_linear_logprob(h, w, torch.tensor([1, 2, -100, 299, 0]), return_entropy=with_entropy,
                                        backend="triton")
             (out.logp.sum() + out.entropy.sum() if with_entropy else out.sum()).backward()
+        for entropy_grad in (True, False):  # a frozen head (LoRA): the E_p[W] fold (WRITE_EXP), entropy on/off
+            h = torch.randn(5, 16).to(dtype).requires_grad_()
+            out = fused_linear_logprob(h, torch.randn(300, 16).to(dtype), torch.tensor([1, 2, -100, 299, 0]),
+                                       return_entropy=not entropy_grad, entropy_grad=entropy_grad, backend="triton")
+            (out if entropy_grad else out.logp).sum().backward()
     from mpo_fast.ops.fused_linear_policy_loss import fused_linear_policy_loss
 
-    for dtype in (torch.float32, torch.bfloat16):  # fold without entropy, gradient from logp alone
-        h = torch.randn(2, 3, 16).to(dtype).requires_grad_()
-        w = torch.randn(300, 16).to(dtype).requires_grad_()
-        ids = torch.randint(0, 300, (2, 3))
-        lp = torch.full((2, 3), -5.0)
-        fused_linear_policy_loss(h, w, ids, lp, torch.randn(2), torch.ones(2, 3, dtype=torch.bool),
-                                 backend="triton").loss.backward()
+    for dtype in (torch.float32, torch.bfloat16):  # fold with and without entropy (token_stats), grad from logp
+        for token_stats in (False, True):
+            h = torch.randn(2, 3, 16).to(dtype).requires_grad_()
+            w = torch.randn(300, 16).to(dtype).requires_grad_()
+            ids = torch.randint(0, 300, (2, 3))
+            lp = torch.full((2, 3), -5.0)
+            fused_linear_policy_loss(h, w, ids, lp, torch.randn(2), torch.ones(2, 3, dtype=torch.bool),
+                                     backend="triton", token_stats=token_stats).loss.backward()
 
 
 DRIVERS = {
