@@ -188,10 +188,12 @@ def _load_model_weights(model, folder: Path) -> None:
         raise CheckpointError(f"{folder}: weights {really_missing[:5]} are missing; the checkpoint is from another model")
 
 
-def load_checkpoint(path: Path, *, model, optimizer: torch.optim.Optimizer, scheduler, world_size: int = 1) -> dict[str, Any]:
+def load_checkpoint(path: Path, *, model, optimizer: torch.optim.Optimizer, scheduler,
+                    world_size: int | None = 1) -> dict[str, Any]:
     """Restore model/adapter, optimizer, scheduler and RNG from `path`; return trainer_state.
     world_size: processes of the resuming run; it must be the one that wrote the checkpoint
-    (per-rank RNG streams and data shares), checked before any weight is read."""
+    (per-rank RNG streams and data shares), checked before any weight is read. None: any (a
+    torchrun run, which re-seeds its ranks when the world size changed: data_parallel.py)."""
     try:
         state = json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
@@ -199,11 +201,16 @@ def load_checkpoint(path: Path, *, model, optimizer: torch.optim.Optimizer, sche
     if state.get("format") != STATE_FORMAT:
         raise CheckpointError(f"{path} is checkpoint format {state.get('format')}, this mpo_fast reads {STATE_FORMAT}")
     needed = int(state.get("world_size", 1))
-    if needed != world_size:
+    if world_size is not None and needed != world_size:
         raise CheckpointError(
             f"{path} was written by a run of world size {needed}, this run has {world_size}: resume it with {needed} "
             f"process(es) ({'torchrun --nproc-per-node=' + str(needed) + ' ... ' if needed > 1 else 'no torchrun, '}"
             "resume=true), or start a new run in another output_dir"
+        )
+    if state.get("sharded"):
+        raise CheckpointError(
+            f"{path} holds sharded weights (train.distributed=fsdp2, torch.distributed.checkpoint); resume it under "
+            "torchrun with train.distributed=fsdp2 (any world size), or start a new run in another output_dir"
         )
     if bool(state.get("peft")) != is_peft_model(model):
         kind = "a LoRA adapter" if state.get("peft") else "a full model"

@@ -30,6 +30,7 @@ import torch.distributed as dist
 
 from ..judges.pool import merge_snapshots, pool_of
 from ..judges.types import Judgement
+from ..rollout import HFRollout
 from ..rubrics import RubricStore, RubricVersion
 from . import checkpoint as ckpt
 from . import stages
@@ -47,6 +48,7 @@ from .distributed import (
     run_on_main,
     shard_range,
 )
+from .logprobs import is_peft_model
 from .run_log import RunLog
 from .step_record import StepTimings
 from .update import _MEAN_METRICS, PolicyUpdater, UpdateResult
@@ -260,6 +262,32 @@ def _decode_rng(entry: dict[str, Any]) -> tuple[dict[str, Any], dict[str, torch.
     return entry["json"], tensors
 
 
+def restore_rank_rng(state: dict[str, Any], ctx: DistContext, *, seed: int) -> None:
+    """This rank's RNG streams from a checkpoint. Same world size: exactly the ones saved (the
+    resumed run equals the uninterrupted one). Another world size: the prompts split differently
+    anyway, so no saved stream belongs to a rank; each rank draws fresh streams from (seed, step,
+    rank), reproducible for that world size, and says so."""
+    saved = state.get("rank_rng") or []
+    if len(saved) == ctx.world_size:
+        ckpt.restore_rng(*_decode_rng(saved[ctx.rank]))
+        return
+    import logging
+    import random
+
+    import numpy as np
+
+    stream = (int(seed) * 1_000_003 + int(state["step"]) * 1_009 + ctx.rank) % (2**32)
+    random.seed(stream)
+    np.random.seed(stream)
+    torch.manual_seed(stream)
+    if ctx.is_main:
+        logging.getLogger("mpo_fast").warning(
+            "resumed a checkpoint of world size %d on %d ranks: weights, optimizer, scheduler, data position and rubric "
+            "continue; the per-rank sampling RNG streams are new (seeded from seed, step and rank), so the run differs "
+            "from an uninterrupted one of world size %d", int(state.get("world_size", 1)), ctx.world_size,
+            int(state.get("world_size", 1)))
+
+
 # -- the trainer ----------------------------------------------------------------------------------
 
 
@@ -275,7 +303,13 @@ def make_distributed_trainer_class():
                 raise DistributedError("DistributedMPOTrainer needs an initialised process group; call init_distributed() first")
             self.dist = ctx
             args = copy.deepcopy(args)
-            resolve_mode(args.train.distributed, lora=args.lora.enabled)
+            peft_config = kw.get("peft_config", a[3] if len(a) > 3 else None)
+            self.mode = resolve_mode(args.train.distributed,
+                                     lora=args.lora.enabled or peft_config is not None or is_peft_model(model))
+            if self.mode == "fsdp2" and args.judge.backend == "local" and args.judge.model == "policy":
+                raise ValueError("train.distributed=fsdp2 shards the policy's weights, which a local judge on the policy "
+                                 "(judge.model=policy) reads on one rank at a time; use a judge server (judge.backend=openai), "
+                                 "a separate judge.model, or train.distributed=ddp")
             if args.rollout.backend == "vllm":
                 raise ValueError("rollout.backend=vllm is not supported under torchrun yet (one engine per rank needs "
                                  "vLLM's external launcher); use rollout.backend=remote with vLLM servers, or hf")
@@ -289,18 +323,41 @@ def make_distributed_trainer_class():
             shard_range(args.rollout.prompts_per_step, ctx.rank, ctx.world_size)  # fails fast on an uneven split
             args.log.progress = args.log.progress and ctx.is_main
             super().__init__(model, args, *a, **kw)
-            broadcast_module(self.model)
-            if self.ref_model is not None:
-                broadcast_module(self.ref_model)
             # Rank 0 keeps the single-process stream; the others sample their own.
             torch.manual_seed(torch.initial_seed() + ctx.rank)
             self.sampler = ShardedSampler(self.sampler, ctx)
             u = self.updater
-            self.updater = DataParallelUpdater(u.logprobs, u.optimizer, u.scheduler, u.params, u.settings,
-                                               max_tokens=u.max_tokens, device=u.device, ctx=ctx)
+            updater_class = DataParallelUpdater
+            if self.mode == "fsdp2":
+                from . import fsdp
+
+                updater_class = fsdp.ShardedUpdater
+                if isinstance(self.rollout, HFRollout):  # generate on this process's sharded policy
+                    self.rollout = fsdp.UnshardedRollout(self.rollout, self.model)
+            self.updater = updater_class(u.logprobs, u.optimizer, u.scheduler, u.params, u.settings,
+                                         max_tokens=u.max_tokens, device=u.device, ctx=ctx)
             self.meta_buffer = GatheredMetaBuffer(self.meta_buffer.capacity, ctx)
             if args.rollout.backend == "remote":
                 self.rollout = MainRankWeightSync(self.rollout, ctx)
+
+        def _setup_model(self, model, tokenizer, peft_config) -> None:
+            """The ranks start from rank 0's weights (as DDP does at construction); under fsdp2 the
+            policy (and the frozen KL reference) are then sharded, before the optimizer is built on
+            the sharded parameters."""
+            super()._setup_model(model, tokenizer, peft_config)
+            broadcast_module(self.model)
+            if self.ref_model is not None:
+                broadcast_module(self.ref_model)
+            if self.mode != "fsdp2":
+                return
+            from . import fsdp
+
+            fsdp.shard_model(self.model, self.dist)
+            if self.ref_model is not None:
+                fsdp.shard_model(self.ref_model, self.dist)
+            self.params = [p for p in self.model.parameters() if p.requires_grad]
+            self.logprobs = fsdp.ShardedPolicyLogprobs(self.model, temperature=self.args.rollout.temperature,
+                                                       impl=self.args.model.logprob_impl, ref_model=self.ref_model)
 
         # -- run files and state ------------------------------------------------------------
 
@@ -323,9 +380,16 @@ def make_distributed_trainer_class():
             state = None
             if resume_step is not None:
                 path = ckpt.checkpoints_dir(self.output_dir) / f"step-{resume_step:06d}"
-                # Refused before any weight is read if the world size differs: every rank stops at once.
-                state = ckpt.load_checkpoint(path, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
-                                             world_size=ctx.world_size)
+                # Weights, optimizer, scheduler, sampler and rubric do not depend on the world size
+                # (DDP: rank 0's full files; fsdp2: DCP reshards): any torchrun world size resumes.
+                if self.mode == "fsdp2":
+                    from . import fsdp
+
+                    state = fsdp.load_sharded_checkpoint(path, model=self.model, optimizer=self.optimizer,
+                                                         scheduler=self.scheduler)
+                else:
+                    state = ckpt.load_checkpoint(path, model=self.model, optimizer=self.optimizer,
+                                                 scheduler=self.scheduler, world_size=None)
                 self.last_checkpoint = path
                 if ctx.is_main:
                     self._load_state(state)
@@ -337,13 +401,23 @@ def make_distributed_trainer_class():
                     self._load_state(state)
                 self.rubric_version = version
             if state is not None:
-                ckpt.restore_rng(*_decode_rng(state["rank_rng"][ctx.rank]))
+                restore_rank_rng(state, ctx, seed=self.args.seed)
                 self.rollout.sync_weights(self.model, self.policy_version)
             return resume_step
 
         def save_checkpoint(self, extra_state=None):
             ctx = self.dist
             rngs = all_gather(_encode_rng(*ckpt.capture_rng()))
+
+            if self.mode == "fsdp2":
+                from . import fsdp
+
+                self.last_checkpoint = fsdp.save_sharded_checkpoint(
+                    ctx, self.output_dir, self.step, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
+                    state={**self._state(), "world_size": ctx.world_size, "rank_rng": rngs},
+                    keep=self.args.log.save_total_limit,
+                )
+                return self.last_checkpoint
 
             def save():
                 return ckpt.save_checkpoint(

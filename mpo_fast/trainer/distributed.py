@@ -82,17 +82,20 @@ def shutdown() -> None:
 
 
 def resolve_mode(mode: str, *, lora: bool) -> str:
-    """train.distributed -> the strategy used. auto: ddp (LoRA adapters and models that fit
-    replicated). fsdp2 is refused until it is built: sharded generation needs every rank to run
-    the same number of forward passes, which free-running HF generate does not."""
+    """train.distributed -> the strategy used under torchrun. auto: ddp with LoRA (the adapters are
+    MBs: replicating them costs nothing, and the frozen base is needed whole by every rank's
+    generate anyway), fsdp2 for full fine-tuning (gradients and AdamW states, 12 of a replica's 16
+    bytes per parameter, sharded over the ranks: trainer/fsdp.py)."""
     if mode not in MODES:
         raise ValueError(f"train.distributed is {mode!r}; use one of {list(MODES)}")
-    if mode == "fsdp2":
+    if mode == "auto":
+        return "ddp" if lora else "fsdp2"
+    if mode == "fsdp2" and lora:
         raise ValueError(
-            "train.distributed=fsdp2 is not available in this build (sharded parameters with per-rank "
-            "free-running generation would deadlock); use train.distributed=ddp (or auto), with LoRA for large models"
+            "train.distributed=fsdp2 with LoRA is not supported: the adapters are small enough to replicate and "
+            "the sharded frozen base would be all-gathered for every generate anyway; use train.distributed=ddp (or auto)"
         )
-    return "ddp"
+    return mode
 
 
 def shard_range(count: int, rank: int, world_size: int) -> tuple[int, int]:
@@ -169,6 +172,13 @@ def all_reduce_sum(values: Sequence[float]) -> list[float]:
     t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=comm_device())
     with collective("summing step counts"):
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t.tolist()
+
+
+def all_reduce_max(values: Sequence[float]) -> list[float]:
+    t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=comm_device())
+    with collective("agreeing on step sizes"):
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return t.tolist()
 
 

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow  # each launch starts 2 Python processes (~15-30 s
 
 def test_ranks_stay_bit_identical_and_score_with_rank0s_rubric(tmp_path):
     cfg = {"rollout": {"prompts_per_step": 4}, "meta": {"interval": 1, "min_steps_between": 1},
-           "train": {"max_steps": 3, "kl_coef": 0.05}}
+           "train": {"distributed": "ddp", "max_steps": 3, "kl_coef": 0.05}}
     r0, r1 = all_ok(run_ranks(workers.steps_stay_identical, 2, tmp_path / "ranks", str(tmp_path), cfg))
     assert r0 == r1
     digests = [pair for pair in r0["digests"]]
@@ -44,7 +44,8 @@ def test_ranks_stay_bit_identical_and_score_with_rank0s_rubric(tmp_path):
 
 
 def test_two_ranks_of_batch_b_equal_one_process_of_batch_2b(tmp_path):
-    cfg = {"rollout": {"prompts_per_step": 4}, "train": {"max_steps": 2, "kl_coef": 0.05, "micro_batch_size": 3},
+    cfg = {"rollout": {"prompts_per_step": 4},
+           "train": {"distributed": "ddp", "max_steps": 2, "kl_coef": 0.05, "micro_batch_size": 3},
            "log": {"save_steps": 0}}
     cfg["judge"] = {"max_failure_rate": 0.9}
     # Every judgement of rank 1's share of step 1 fails: rank 1 has no row to train on and must
@@ -80,7 +81,7 @@ def test_two_ranks_of_batch_b_equal_one_process_of_batch_2b(tmp_path):
 
 def test_resume_is_exact_and_a_failing_rank_stops_both(tmp_path):
     cfg = {"rollout": {"prompts_per_step": 2}, "meta": {"interval": 2, "min_steps_between": 1},
-           "train": {"max_steps": 4}, "log": {"save_steps": 2, "save_total_limit": None}}
+           "train": {"distributed": "ddp", "max_steps": 4}, "log": {"save_steps": 2, "save_total_limit": None}}
     full = all_ok(run_ranks(workers.train_and_return_weights, 2, tmp_path / "a", str(tmp_path / "full"), cfg, False))
 
     # Rank 1's judge dies at its 3rd call (step 3): both ranks must stop within the collective

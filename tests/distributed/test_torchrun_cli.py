@@ -64,6 +64,9 @@ def test_torchrun_two_ranks_write_one_run(tmp_path):
     assert [s["prompt_id"] for s in samples[:3]].count(samples[0]["prompt_id"]) == 2  # rank 0's group first, then rank 1's
     assert json.loads((run / "summary.json").read_text())  # rank 0 summarised
     assert (run / "checkpoints" / "step-000002" / "trainer_state.json").is_file()
+    # train.distributed=auto with full fine-tuning is FSDP2: the checkpoint is DCP shards, no model/ folder
+    assert (run / "checkpoints" / "step-000002" / "dcp" / ".metadata").is_file()
+    assert not (run / "checkpoints" / "step-000002" / "model").exists()
     assert "judge pool:" in done.stderr  # per-endpoint counters logged
     endpoints = rows[-1]["judge_endpoints"]  # both ranks' pools, summed per server
     assert set(endpoints) == {a.base_url, b.base_url} and all(e["failures"] == 0 for e in endpoints.values())

@@ -25,8 +25,9 @@ def test_shards_are_contiguous_whole_prompts_and_cover_the_global_list():
 
 def test_modes_and_config():
     assert resolve_mode("auto", lora=True) == "ddp" and resolve_mode("ddp", lora=False) == "ddp"
-    with pytest.raises(ValueError, match="fsdp2 is not available"):
-        resolve_mode("fsdp2", lora=False)
+    assert resolve_mode("auto", lora=False) == "fsdp2" and resolve_mode("fsdp2", lora=False) == "fsdp2"
+    with pytest.raises(ValueError, match="fsdp2 with LoRA is not supported.*train.distributed=ddp"):
+        resolve_mode("fsdp2", lora=True)
     with pytest.raises(ConfigError, match="train.distributed"):
         MPOConfig.from_dict({"train": {"distributed": "zero3"}})
     config = MPOConfig.from_dict({"lora": {"enabled": False},
