@@ -14,6 +14,10 @@ efficiency = (samples/s at W) / (W x samples/s at 1).
 On a 2-core CPU, 2 processes share the same 2 cores as 1 process with 1 thread each per rank: the
 figure measures the overhead of the collectives and the per-rank judge pool, not a speed-up of
 compute. On GPUs, each rank has its own device.
+
+Rows: 1 process and N ranks with DDP (LoRA; full fine-tuning with --quick), then full fine-tuning
+on 1 process and N ranks with FSDP2 (train.distributed=fsdp2: sharded weights, gradients and
+AdamW states; one all-gather of the whole policy per rollout, see mpo_fast/trainer/fsdp.py).
 """
 from __future__ import annotations
 
@@ -90,22 +94,32 @@ def run(ctx: BenchContext) -> Iterator[dict]:
                 "meta": {"enabled": False},
                 "train": {"max_steps": steps, "learning_rate": 1e-4, "micro_batch_size": 16, "kl_coef": 0.0},
                 "log": {"save_steps": 0, "report_to": ["none"], "progress": False}}
-        per_world: dict[int, float] = {}
-        for world in sorted({1, n}):
-            cfg = {**base, "output_dir": str(Path(tmp) / f"run{world}")}
-            path = Path(tmp) / f"w{world}.yaml"
+        # (world, lora, train.distributed): the LoRA (or, --quick, full fine-tuning) DDP pair, then full
+        # fine-tuning on 1 process against FSDP2 on N: efficiency is against the 1-process run of the
+        # same kind (LoRA or full).
+        runs = [(1, not quick, "auto"), (n, not quick, "ddp")]
+        if n > 1:
+            runs += ([] if quick else [(1, False, "auto")]) + [(n, False, "fsdp2")]
+        baseline: dict[bool, float] = {}
+        for world, lora, mode in runs:
+            name = f"run{world}-{'lora' if lora else 'full'}-{mode}"
+            cfg = {**base, "output_dir": str(Path(tmp) / name), "lora": {**base["lora"], "enabled": lora},
+                   "train": {**base["train"], "distributed": mode}}
+            path = Path(tmp) / f"{name}.yaml"
             path.write_text(yaml.safe_dump(cfg))
             rows = _run(world, path, ctx.device)
             steady = rows[1:] or rows
             step_s = statistics.median(r["step_seconds"] for r in steady)
             sps = statistics.median(r["samples_per_s"] for r in steady)
             tps = statistics.median(r["generated_tokens_per_s"] for r in steady)
-            per_world[world] = sps
+            if world == 1:
+                baseline[lora] = sps
             yield {
-                "provider": f"torchrun_x{world}", "pass": "train_step",
+                "provider": f"torchrun_x{world}" + ("" if world == 1 else f"_{mode}"), "pass": "train_step",
                 "shape": f"global {prompts}x{group} samples, {new_tokens} tok, h{hidden} L{layers}",
                 "median_ms": step_s * 1000.0, "p20_ms": None, "p80_ms": None, "peak_mem_bytes": None,
                 "world_size": world, "samples_per_s": sps, "generated_tokens_per_s": tps,
-                "scaling_efficiency": sps / (world * per_world[1]),
-                "lora": not quick,
+                "scaling_efficiency": sps / (world * baseline[lora]),
+                "lora": lora, "distributed": mode if world > 1 else None,
+                "peak_rss_mb_rank0": max(r.get("peak_rss_mb", 0.0) for r in rows),
             }

@@ -7,10 +7,9 @@ from tests.distributed.workers import _record_steps, failing, make_trainer, scri
 
 
 def full_weights(trainer):
-    from mpo_fast.trainer.fsdp import full_parameters, is_sharded
+    from mpo_fast.trainer.fsdp import full_parameters
 
-    assert is_sharded(trainer.model), "the run was expected to shard the policy (train.distributed=fsdp2)"
-    return full_parameters(trainer.model)
+    return full_parameters(trainer.model)  # all-gathered when sharded
 
 
 def sharded_steps_stay_identical(rank, world, tmp, cfg):
@@ -19,7 +18,10 @@ def sharded_steps_stay_identical(rank, world, tmp, cfg):
     from mpo_fast.trainer.distributed import all_gather, parameters_digest
     from mpo_fast.trainer.fsdp import ShardedPolicyLogprobs
 
+    from mpo_fast.trainer.fsdp import is_sharded
+
     trainer = make_trainer(Path(tmp), scripted=False, world=world, meta_judge=scripted_meta_judge(), **cfg)
+    assert is_sharded(trainer.model)
     assert isinstance(trainer.logprobs, ShardedPolicyLogprobs) and trainer.logprobs.impl == "fused"
     digests, shards, hashes = [], [], []
 
@@ -36,8 +38,11 @@ def sharded_steps_stay_identical(rank, world, tmp, cfg):
     return {"digests": digests, "shards": shards, "rubrics": hashes}
 
 
-def sharded_train(rank, world, tmp, cfg, scripted=True, crash_rank=None, crash_on_call=None, fail=None,
-                  weights_at_start=False):
+def train_and_report(rank, world, tmp, cfg, scripted=True, crash_rank=None, crash_on_call=None, fail=None,
+                     weights_at_start=False):
+    """train(); the full weights at the end (and, weights_at_start, before the first step the run
+    takes: after a resume, the checkpoint's), the rubric, the log-prob path, whether it sharded."""
+    from mpo_fast.trainer.fsdp import is_sharded
     from tests.trainer.fakes import AppendingMetaJudge, SyntheticJudge
 
     rm = SyntheticJudge(crash_on_call=crash_on_call if rank == crash_rank else None,
@@ -56,4 +61,4 @@ def sharded_train(rank, world, tmp, cfg, scripted=True, crash_rank=None, crash_o
     result = trainer.train()
     trainer.close()
     return {"weights": full_weights(trainer), "steps": result.steps, "rubric": trainer.rubric_version.hash,
-            "start": start, "impl": trainer.logprobs.impl}
+            "start": start, "impl": trainer.logprobs.impl, "sharded": is_sharded(trainer.model)}

@@ -113,6 +113,19 @@ def test_resume_is_exact_and_a_failing_rank_stops_both(tmp_path):
     with pytest.raises(CheckpointError, match="world size 2.*--nproc-per-node=2"):
         single.train()
 
+    # Another torchrun world size continues from rank 0's full files: 2 ranks' step 4 on 3 ranks.
+    from tests.distributed import fsdp_workers
+
+    cfg3 = {**cfg, "resume": True, "rollout": {"prompts_per_step": 3}, "train": {**cfg["train"], "max_steps": 5}}
+    three = all_ok(run_ranks(fsdp_workers.train_and_report, 3, tmp_path / "d", str(tmp_path / "full"), cfg3, False,
+                             None, None, None, True, timeout_s=300))
+    for name, w in full[0]["weights"].items():
+        assert torch.equal(three[0]["start"][name], w), name  # continued from exactly the step-4 weights
+        assert torch.equal(three[0]["weights"][name], three[2]["weights"][name]), name
+    assert not three[0]["sharded"] and three[0]["steps"] == 5
+    rows = read_jsonl(tmp_path / "full" / "run" / "metrics.jsonl")
+    assert [(r["step"], r["world_size"]) for r in rows] == [(1, 2), (2, 2), (3, 2), (4, 2), (5, 3)]
+
 
 def test_lora_two_ranks_equal_one_process_and_save_the_adapter(tmp_path):
     """DDP's main use: LoRA adapters replicated, the KL reference is the base with adapters off."""

@@ -41,9 +41,9 @@ def test_sharded_two_ranks_of_batch_b_equal_one_process_of_batch_2b(tmp_path):
     # padded to rank 0's micro-batch count (FSDP2's all-gathers need the same forwards everywhere).
     step1 = PromptSampler(len(workers.PROMPTS8), seed=0).next(4)
     failing = [workers.PROMPTS8[i] for i in step1[2:]]
-    r0, r1 = all_ok(run_ranks(fsdp_workers.sharded_train, 2, tmp_path / "ranks", str(tmp_path / "dp"), cfg,
+    r0, r1 = all_ok(run_ranks(fsdp_workers.train_and_report, 2, tmp_path / "ranks", str(tmp_path / "dp"), cfg,
                               True, None, None, failing))
-    assert r0["impl"] == "fused"  # the fused log-prob path, through the root unit's registered method
+    assert r0["sharded"] and r0["impl"] == "fused"  # the fused log-prob path, through the root unit's registered method
     from tests.trainer.fakes import AppendingMetaJudge, SyntheticJudge
 
     torch.set_num_threads(1)
@@ -70,16 +70,17 @@ def test_sharded_two_ranks_of_batch_b_equal_one_process_of_batch_2b(tmp_path):
 def test_sharded_resume_is_exact_and_reshards_to_another_world_size(tmp_path):
     cfg = {"rollout": {"prompts_per_step": 2}, "meta": {"interval": 2, "min_steps_between": 1},
            "train": {**FSDP, "max_steps": 4}, "log": {"save_steps": 2, "save_total_limit": None}}
-    full = all_ok(run_ranks(fsdp_workers.sharded_train, 2, tmp_path / "a", str(tmp_path / "full"), cfg, False))
+    full = all_ok(run_ranks(fsdp_workers.train_and_report, 2, tmp_path / "a", str(tmp_path / "full"), cfg, False))
+    assert full[0]["sharded"]
     # Rank 1's judge dies at its 3rd call (step 3): both stop, the step-2 DCP checkpoint intact.
-    crashed = run_ranks(fsdp_workers.sharded_train, 2, tmp_path / "b", str(tmp_path / "cut"), cfg, False, 1, 3,
+    crashed = run_ranks(fsdp_workers.train_and_report, 2, tmp_path / "b", str(tmp_path / "cut"), cfg, False, 1, 3,
                         timeout_s=COLLECTIVE_TIMEOUT_S + 120)
     assert [status for status, _, _ in crashed] == ["error", "error"]
     assert "injected crash on judge call 3" in crashed[1][1]
     step2 = tmp_path / "cut" / "run" / "checkpoints" / "step-000002"
     assert sorted(p.name for p in step2.parent.iterdir()) == ["step-000002"]
     assert (step2 / "dcp" / ".metadata").is_file() and not (step2 / "model").exists()
-    resumed = all_ok(run_ranks(fsdp_workers.sharded_train, 2, tmp_path / "c", str(tmp_path / "cut"),
+    resumed = all_ok(run_ranks(fsdp_workers.train_and_report, 2, tmp_path / "c", str(tmp_path / "cut"),
                                {**cfg, "resume": True}, False))
     for name, w in full[0]["weights"].items():
         assert torch.equal(resumed[0]["weights"][name], w), name  # exact: shards, optimizer, RNG, sampler, rubric
@@ -98,7 +99,7 @@ def test_sharded_resume_is_exact_and_reshards_to_another_world_size(tmp_path):
         single.train()
     # 2 ranks' step-4 shards resharded over 3 ranks: the run continues from exactly those weights.
     cfg3 = {**cfg, "resume": True, "rollout": {"prompts_per_step": 3}, "train": {**cfg["train"], "max_steps": 5}}
-    three = all_ok(run_ranks(fsdp_workers.sharded_train, 3, tmp_path / "d", str(tmp_path / "full"), cfg3, False,
+    three = all_ok(run_ranks(fsdp_workers.train_and_report, 3, tmp_path / "d", str(tmp_path / "full"), cfg3, False,
                              None, None, None, True, timeout_s=300))
     for name, w in full[0]["weights"].items():
         assert torch.equal(three[0]["start"][name], w), name
