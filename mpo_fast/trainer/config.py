@@ -173,7 +173,8 @@ class TrainSettings:
     loss_aggregation: str = "token_mean"  # token_mean | seq_mean_token_mean | seq_mean_token_sum
     advantage_mode: str = "grpo"  # grpo | dr_grpo | rloo
     advantage_eps: float = 1e-6
-    # torchrun runs (WORLD_SIZE > 1): how ranks share the model (auto: ddp; see trainer/data_parallel.py)
+    # torchrun runs (WORLD_SIZE > 1): how ranks share the model (auto: ddp with LoRA, fsdp2 without;
+    # trainer/data_parallel.py, trainer/fsdp.py)
     # and how long any collective waits for the other ranks before the run stops (a dead or hung rank).
     distributed: str = "auto"
     dist_timeout_s: float = 600.0

@@ -12,6 +12,9 @@ What each rank does in one step (rollout.prompts_per_step is the *global* number
     -> rank 0 runs the meta-judge on the gathered samples and broadcasts the new rubric with
     its version and hash at the step boundary; every rank checks the hash before using it.
 
+train.distributed=fsdp2 (auto without LoRA) shards the policy instead of replicating it: the
+pieces it swaps in are in fsdp.py.
+
 Rank 0 writes every run file (metrics.jsonl with metrics reduced over ranks and `world_size`,
 samples.jsonl gathered, the rubric store, the judge cache, checkpoints with every rank's RNG
 state); the other ranks write nothing to output_dir. Every collective runs under the process
