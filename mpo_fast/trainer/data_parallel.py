@@ -439,8 +439,19 @@ def make_distributed_trainer_class():
 
         # -- step hooks ---------------------------------------------------------------------
 
+        def train_step(self, step):
+            row = super().train_step(step)
+            if "kl_reward_mean" in row:
+                # MPOTrainer.train_step adds it after _metrics_row, as the mean over this rank's
+                # valid samples: weight each rank's mean by its count for the global mean.
+                parts = all_gather((row["kl_reward_mean"], self._local_valid))
+                count = sum(c for _, c in parts)
+                row["kl_reward_mean"] = sum(m * c for m, c in parts if c) / count if count else float("nan")
+            return row
+
         def _update_rows(self, scored) -> list[int]:
             keep = super()._update_rows(scored)
+            self._local_valid = len(keep)
             (global_rows,) = all_reduce_sum([len(keep)])
             if global_rows == 0:
                 return []  # every rank skips the update together

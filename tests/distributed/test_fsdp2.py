@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from mpo_fast.trainer.config import ModelConfig
 from mpo_fast.trainer.data import PromptSampler
 from mpo_fast.trainer.run_log import read_jsonl
 from tests.distributed import fsdp_workers, workers
@@ -62,7 +63,7 @@ def test_sharded_two_ranks_of_batch_b_equal_one_process_of_batch_2b(tmp_path):
     moved = 0
     for name, w in one.items():
         assert torch.equal(r0["weights"][name], r1["weights"][name]), name
-        torch.testing.assert_close(r0["weights"][name], w, rtol=1e-5, atol=1e-6, msg=name)
+        torch.testing.assert_close(r0["weights"][name], w, rtol=1e-5, atol=1e-6, msg=lambda m, n=name: f"{n}: {m}")
         moved += int(not torch.equal(w, start[name]))
     assert moved == len(one)
 
@@ -107,3 +108,33 @@ def test_sharded_resume_is_exact_and_reshards_to_another_world_size(tmp_path):
     rows = read_jsonl(tmp_path / "full" / "run" / "metrics.jsonl")
     assert [(r["step"], r["world_size"]) for r in rows] == [(1, 2), (2, 2), (3, 2), (4, 2), (5, 3)]
     assert three[0]["steps"] == 5
+
+
+def test_sharded_logits_path_kl_in_reward_and_ppo_epochs_equal_one_process(tmp_path):
+    """The other forwards FSDP2 must run the same number of times on every rank: the logits path,
+    kl_in=reward's policy + reference pass over the whole batch, and ppo_epochs=2's frozen old
+    log-probs; micro_batch_size 3 gives the ranks different micro-batch counts to pad."""
+    cfg = {"rollout": {"prompts_per_step": 4}, "model": ModelConfig(logprob_impl="logits"),
+           "train": {**FSDP, "max_steps": 2, "kl_coef": 0.05, "kl_in": "reward", "ppo_epochs": 2, "micro_batch_size": 3},
+           "log": {"save_steps": 0}, "judge": {"max_failure_rate": 0.9}}
+    step1 = PromptSampler(len(workers.PROMPTS8), seed=0).next(4)
+    failing = [workers.PROMPTS8[i] for i in step1[:1]]  # rank 0 trains on fewer rows than rank 1
+    r0, r1 = all_ok(run_ranks(fsdp_workers.train_and_report, 2, tmp_path / "ranks", str(tmp_path / "dp"), cfg,
+                              True, None, None, failing))
+    assert r0["sharded"] and r0["impl"] == "logits"
+    from tests.trainer.fakes import AppendingMetaJudge, SyntheticJudge
+
+    torch.set_num_threads(1)
+    single = workers.make_trainer(tmp_path / "one", scripted=True, meta_judge=AppendingMetaJudge(),
+                                  rm=SyntheticJudge(fail_when=workers.failing(failing)), **cfg)
+    single.train()
+    dp_rows = read_jsonl(tmp_path / "dp" / "run" / "metrics.jsonl")
+    one_rows = read_jsonl(tmp_path / "one" / "run" / "metrics.jsonl")
+    for a, b in zip(dp_rows, one_rows):
+        assert a["kl_reward_mean"] == pytest.approx(b["kl_reward_mean"], rel=1e-4, abs=1e-7)
+        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4)
+    # 4 Adam steps (2 steps x 2 epochs, lr 1e-3): Adam divides by sqrt(v), so an element whose
+    # gradient is near 0 turns fp32 summation-order noise into up to ~3e-6 here; 1e-5 is 1% of one
+    # step's largest move (lr), far below any real difference in the update.
+    for name, w in workers.trained_weights(single).items():
+        torch.testing.assert_close(r0["weights"][name], w, rtol=1e-5, atol=1e-5, msg=lambda m, n=name: f"{n}: {m}")
