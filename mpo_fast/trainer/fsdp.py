@@ -33,7 +33,8 @@ What it costs, and what this module does about it:
   the scheduler and trainer_state.json, then renames the directory into place. DCP reshards on
   load, so a run may resume on another number of ranks (the per-rank sampling RNG streams are
   then re-seeded: see data_parallel.py). Convert to a single file with
-  `python -m torch.distributed.checkpoint.format_utils dcp_to_torch step-N/dcp model.pt`.
+  `python -m torch.distributed.checkpoint.format_utils dcp_to_torch step-N/dcp model.pt` (its
+  "model" entry is the transformers state dict).
 
 On GPU the units compute in bf16 (`MixedPrecisionPolicy(param_dtype=bf16, reduce_dtype=fp32)`)
 over fp32 shards when the model was loaded in fp32 (model.dtype=float32, the usual FSDP2 recipe).
