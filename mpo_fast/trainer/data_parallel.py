@@ -417,7 +417,7 @@ def make_distributed_trainer_class():
 
                 self.last_checkpoint = fsdp.save_sharded_checkpoint(
                     ctx, self.output_dir, self.step, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
-                    state={**self._state(), "world_size": ctx.world_size, "rank_rng": rngs},
+                    state={**self._state(), **(extra_state or {}), "world_size": ctx.world_size, "rank_rng": rngs},
                     keep=self.args.log.save_total_limit,
                 )
                 return self.last_checkpoint
@@ -441,12 +441,15 @@ def make_distributed_trainer_class():
 
         def train_step(self, step):
             row = super().train_step(step)
-            if "kl_reward_mean" in row:
-                # MPOTrainer.train_step adds it after _metrics_row, as the mean over this rank's
-                # valid samples: weight each rank's mean by its count for the global mean.
-                parts = all_gather((row["kl_reward_mean"], self._local_valid))
+            t = self.args.train
+            if t.kl_in == "reward" and t.kl_coef > 0 and t.algorithm == "grpo":  # the same on every rank
+                # MPOTrainer.train_step adds kl_reward_mean after _metrics_row, as the mean over this
+                # rank's valid samples: weight each rank's mean by its count for the global mean.
+                mean = row.get("kl_reward_mean")
+                ok = mean is not None and mean == mean  # None / NaN: this rank had no valid sample
+                parts = all_gather((float(mean) if ok else 0.0, self._local_valid if ok else 0))
                 count = sum(c for _, c in parts)
-                row["kl_reward_mean"] = sum(m * c for m, c in parts if c) / count if count else float("nan")
+                row["kl_reward_mean"] = sum(m * c for m, c in parts) / count if count else float("nan")
             return row
 
         def _update_rows(self, scored) -> list[int]:
