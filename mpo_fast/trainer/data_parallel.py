@@ -17,7 +17,7 @@ pieces it swaps in are in fsdp.py.
 
 Rank 0 writes every run file (metrics.jsonl with metrics reduced over ranks and `world_size`,
 samples.jsonl gathered, the rubric store, the judge cache, checkpoints with every rank's RNG
-state); the other ranks write nothing to output_dir. Every collective runs under the process
+state); the other ranks write nothing to output_dir but, under fsdp2, their checkpoint shards. Every collective runs under the process
 group's timeout (train.dist_timeout_s), so a rank that dies or hangs stops the others within it.
 """
 from __future__ import annotations
