@@ -439,12 +439,12 @@ def make_distributed_trainer_class():
 
         # -- step hooks ---------------------------------------------------------------------
 
-        def train_step(self, step):
-            row = super().train_step(step)
+        def step_row(self, facts, trained, evolution_result=None):
+            row = super().step_row(facts, trained, evolution_result)
             t = self.args.train
             if t.kl_in == "reward" and t.kl_coef > 0 and t.algorithm == "grpo":  # the same on every rank
-                # MPOTrainer.train_step adds kl_reward_mean after _metrics_row, as the mean over this
-                # rank's valid samples: weight each rank's mean by its count for the global mean.
+                # StepUpdate.kl_reward_mean is the mean over this rank's valid samples: weight each
+                # rank's mean by its count for the global mean.
                 mean = row.get("kl_reward_mean")
                 ok = mean is not None and mean == mean  # None / NaN: this rank had no valid sample
                 parts = all_gather((float(mean) if ok else 0.0, self._local_valid if ok else 0))

@@ -93,14 +93,18 @@ def decoder_layers(lm: torch.nn.Module) -> list[torch.nn.Module]:
     return layers
 
 
-def _fused_completion_logprobs(lm, *, input_ids, attention_mask, rows, cols, ids, temperature: float) -> torch.Tensor:
+def _fused_completion_logprobs(lm, *, input_ids, attention_mask, rows, cols, ids, temperature: float,
+                               entropy: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
     """PolicyLogprobs' fused path, as a method of the root unit (see the module docstring): the
-    backbone's hidden states at the completion positions against the (all-gathered) LM head."""
+    backbone's hidden states at the completion positions against the (all-gathered) LM head.
+    (logp [N], entropy [N] detached or None): a plain tuple, so FSDP's post-forward sees the tensors."""
     backbone = getattr(lm, lm.base_model_prefix)
     out = backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
     hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
     head = lm.get_output_embeddings()
-    return fused_linear_logprob(hidden[rows, cols], head.weight, ids, bias=head.bias, temperature=temperature)
+    flat = fused_linear_logprob(hidden[rows, cols], head.weight, ids, bias=head.bias, temperature=temperature,
+                                return_entropy=entropy, entropy_grad=False)
+    return (flat.logp, flat.entropy.detach()) if entropy else (flat, None)
 
 
 def shard_model(model: torch.nn.Module, ctx: DistContext) -> None:
@@ -161,17 +165,19 @@ def full_parameters(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 class ShardedPolicyLogprobs(PolicyLogprobs):
-    """PolicyLogprobs whose fused path goes through the root unit's registered forward method."""
+    """PolicyLogprobs whose fused log-prob path goes through the root unit's registered forward
+    method. fused_linear_policy_loss stays off: `trainable_plain_head` is False for the LM head's
+    DTensor weight, so policy_loss takes this path and then the loss op."""
 
-    def _logprobs(self, model, batch):
+    def _forward(self, model, batch, *, entropy: bool = False, value_head=None):
         lm = causal_lm_of(model)
-        if self.impl != "fused" or not hasattr(lm, FUSED_METHOD):
-            return super()._logprobs(model, batch)
+        if self.impl != "fused" or value_head is not None or not hasattr(lm, FUSED_METHOD):
+            return super()._forward(model, batch, entropy=entropy, value_head=value_head)
         ids = batch.completion_ids[batch.rows, batch.slots]
-        flat = getattr(lm, FUSED_METHOD)(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                                         rows=batch.rows, cols=batch.cols, ids=ids, temperature=self.temperature)
-        out = torch.zeros(batch.completion_mask.shape, dtype=torch.float32, device=flat.device)
-        return out.index_put((batch.rows, batch.slots), flat.float())
+        logp, ent = getattr(lm, FUSED_METHOD)(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                                              rows=batch.rows, cols=batch.cols, ids=ids, temperature=self.temperature,
+                                              entropy=entropy)
+        return self._scatter(batch, logp), (self._scatter(batch, ent) if entropy else None), None
 
 
 class UnshardedRollout:

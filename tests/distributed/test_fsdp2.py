@@ -60,10 +60,15 @@ def test_sharded_two_ranks_of_batch_b_equal_one_process_of_batch_2b(tmp_path):
         assert a["valid_samples"] == b["valid_samples"]
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-4, abs=1e-6)
         assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4)
+    # One process trains its plain LM head with fused_linear_policy_loss, the sharded ranks with
+    # fused_linear_logprob + policy_loss (the head is a DTensor): the same math, other fp32 rounding.
+    # Adam divides by sqrt(v), so an element whose gradient is near 0 turns that into up to ~8e-6
+    # here (lr 1e-3, 2 steps); 1e-5 is 1% of one step's largest move, far below a wrong update.
+    assert single.logprobs.fused_loss
     moved = 0
     for name, w in one.items():
         assert torch.equal(r0["weights"][name], r1["weights"][name]), name
-        torch.testing.assert_close(r0["weights"][name], w, rtol=1e-5, atol=1e-6, msg=lambda m, n=name: f"{n}: {m}")
+        torch.testing.assert_close(r0["weights"][name], w, rtol=1e-5, atol=1e-5, msg=lambda m, n=name: f"{n}: {m}")
         moved += int(not torch.equal(w, start[name]))
     assert moved == len(one)
 
