@@ -27,9 +27,11 @@ from ...judges.types import judgement_metrics
 from ...ops.advantages import group_advantages
 from ...rollout import HFRollout
 from ...rubrics import Rubric
+from .. import reward_funcs
 from .. import stages as trainer_stages
 from ..batch import build_train_batch
 from . import make_pipeline
+from .errors import ShutdownRequested
 from .protocol import PromptItem, ScoredBatch, ScoredSample
 from .report import PipelineReport
 from .settings import PipelineConfigError, PipelineSettings
@@ -42,6 +44,7 @@ class _JudgeItem:
     finished: bool
     example: Any  # TaskExample
     text: str
+    completion_ids: list[int] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +55,7 @@ class CombinedJudgement:
     reward: float | None
     judge_reward: float | None
     rule_reward: float | None
+    func_rewards: dict = dataclasses.field(default_factory=dict)  # reward_funcs' values for this sample
 
     @property
     def ok(self) -> bool:
@@ -234,6 +238,7 @@ class TrainerStages:
             self._rubric_hash = new_hash
             if t.signals is not None:
                 t.signals.rebaseline()  # the old rubric's baseline says nothing about the new one
+        row = None
         if getattr(t, "run_log", None) is not None:
             if self.samples_log:
                 t.run_log.samples(self.samples_log)
@@ -245,8 +250,17 @@ class TrainerStages:
                     self.progress.step(row)
                 self._pending_row = None
         save_steps = t.args.log.save_steps
-        if not ((save_steps and step % save_steps == 0) or step == t.args.train.max_steps):
-            return
+        saved = bool((save_steps and step % save_steps == 0) or step == t.args.train.max_steps)
+        if saved:
+            self._save(step)
+        callbacks = getattr(t, "callbacks", None)
+        if callbacks and row is not None and callbacks.step_end(step, row, saved=saved):
+            if not saved:
+                self._save(step)  # a stopped run can be resumed from where it stopped
+            raise ShutdownRequested(f"a callback set control.should_training_stop after step {step}")
+
+    def _save(self, step: int) -> None:
+        t = self.trainer
         # The producer may have drawn prompts for later steps already: the checkpoint records the
         # sampler as it was before step `step` was drawn, so a resumed run draws the same prompts.
         with self._sampler_lock:
@@ -266,19 +280,23 @@ class TrainerStages:
         ex = sample.prompt.example.example
         request = JudgeRequest(prompt=sample.prompt.prompt_text, response=sample.rollout.text,
                                rubric=sample.rubric.rubric, reference=ex.reference)
-        return _JudgeItem(request, sample.rollout.finished, ex, sample.rollout.text)
+        return _JudgeItem(request, sample.rollout.finished, ex, sample.rollout.text, list(sample.rollout.completion_ids))
 
     async def judge(self, items: list[_JudgeItem]) -> list[CombinedJudgement]:
         t, a = self.trainer, self.trainer.args
         judgements = await t.judge.judge([i.request for i in items])
-        out = []
-        for item, j in zip(items, judgements):
-            judged = j.reward if j.ok else None
-            rule = t.task.rule_reward(item.example, item.text) if a.task.rule_weight > 0 else None
-            reward = trainer_stages.combine_reward(judged, rule, rule_weight=a.task.rule_weight, finished=item.finished,
-                                                   missing_eos_penalty=a.rollout.missing_eos_penalty)
-            out.append(CombinedJudgement(j, reward, judged, rule))
-        return out
+        judged = [j.reward if j.ok else None for j in judgements]
+        rules = [t.task.rule_reward(i.example, i.text) if a.task.rule_weight > 0 else None for i in items]
+        components = [trainer_stages.combine_reward(jr, rule, rule_weight=a.task.rule_weight, finished=True,
+                                                    missing_eos_penalty=0.0) for jr, rule in zip(judged, rules)]
+        funcs = getattr(t, "reward_funcs", None)
+        per_func = await reward_funcs.call_funcs_async(funcs, reward_funcs.func_kwargs(
+            [i.example for i in items], [i.text for i in items], [i.completion_ids for i in items]), len(items)) \
+            if funcs is not None else {}
+        rewards = reward_funcs.combine(funcs, components, per_func, finished=[i.finished for i in items],
+                                       missing_eos_penalty=a.rollout.missing_eos_penalty)
+        return [CombinedJudgement(j, reward, jr, rule, {name: v[k] for name, v in per_func.items()})
+                for k, (j, reward, jr, rule) in enumerate(zip(judgements, rewards, judged, rules))]
 
     def advantages(self, batch: ScoredBatch) -> torch.Tensor:
         a = self.trainer.args.train
@@ -361,6 +379,7 @@ class TrainerStages:
             "eos_fraction": sum(s.rollout.finished for s in batch.samples) / len(batch.samples),
             "wall_s": time.perf_counter() - self._t0, "pipeline": self.settings.mode, "signals": list(self._signals),
             **_judge_metrics(batch),
+            **reward_funcs.func_metrics(_func_rewards(batch)),
             **trainer_stages.item_score_stats([s.judgement.judgement for s in batch.samples if s.judgement is not None]),
             **metrics,
         }
@@ -378,6 +397,13 @@ class TrainerStages:
                 "staleness": batch.step - s.policy_version, "finished": s.rollout.finished,
                 "length": len(s.rollout.completion_ids),
             })
+
+
+def _func_rewards(batch: ScoredBatch) -> dict[str, list]:
+    """The reward functions' values of a batch, one list per function (None where masked or not applicable)."""
+    names = {name for s in batch.samples if s.judgement is not None for name in s.judgement.func_rewards}
+    return {name: [s.judgement.func_rewards.get(name) if s.judgement is not None else None for s in batch.samples]
+            for name in sorted(names)}
 
 
 def _judge_metrics(batch: ScoredBatch) -> dict:
@@ -442,8 +468,11 @@ def train_pipelined(trainer, settings: PipelineSettings | None = None, *, device
             return PipelineReport(settings.mode, settings.max_staleness, 0.0)
         pipeline = make_pipeline(stages, settings, rubric=trainer.rubric_version, rubric_version=trainer.rubric_version.version,
                                  start_step=start, device=device)
+        trainer.callbacks.train_begin()
         with torch_threads(stage_threads(settings.mode, device or str(trainer.device))):  # see trainer/threads.py
-            return pipeline.run(a.train.max_steps - start)
+            report = pipeline.run(a.train.max_steps - start)
+        trainer.callbacks.train_end()
+        return report
     finally:
         stages.progress.close()
         trainer.run_log.close()

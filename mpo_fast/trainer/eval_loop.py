@@ -1,0 +1,104 @@
+"""Evaluation during training: every `train.eval_steps` steps the policy answers the eval prompts and
+the same judge (with the rubric of the moment, and the reward functions) scores them. Nothing is
+trained on them, nothing is counted toward judge.max_failure_rate, and the meta-judge never sees them.
+
+    MPOTrainer(..., eval_dataset=rows, args=MPOConfig(train=TrainSettings(eval_steps=10)))
+
+The step's metrics row gains `eval/reward_mean`, `eval/reward_std`, `eval/judge_reward_mean`,
+`eval/valid_samples`, `eval/judge_failed`, `eval/response_length_mean`, `eval/eos_fraction`,
+`eval/seconds` and `eval/rewards/<func>/mean|std` (TRL's names with its `eval_` prefix as a folder).
+
+Sampling is seeded per (run seed, step, chunk) inside a forked RNG, so an evaluation changes
+neither the training samples that follow nor a resumed run.
+"""
+from __future__ import annotations
+
+import dataclasses
+import statistics
+import time
+from typing import Any, Sequence
+
+from . import reward_funcs as rf
+from . import stages
+from .data import as_examples
+from .prompt_stream import is_stream
+
+
+def eval_prompts(eval_dataset, task, tokenizer, *, max_prompt_tokens: int) -> list[stages.PromptItem]:
+    """Render the eval set once, up front (an iterable eval set is read to its end: it must be finite)."""
+    rows = list(eval_dataset) if is_stream(eval_dataset) else eval_dataset
+    if len(rows) == 0:
+        raise ValueError("eval_dataset is empty; pass at least one example, or leave it None (no evaluation)")
+    return stages.render_prompts(as_examples(rows), task, tokenizer, max_prompt_tokens=max_prompt_tokens)
+
+
+class Evaluator:
+    """Runs the evaluation for a trainer when a step is due (see the module docstring)."""
+
+    def __init__(self, trainer, prompts: Sequence[stages.PromptItem], every: int) -> None:
+        self.trainer = trainer
+        self.prompts = list(prompts)
+        self.every = every
+
+    def maybe_run(self, step: int) -> dict[str, Any]:
+        if not self.every or step % self.every != 0:
+            return {}
+        return self.run(step)
+
+    def run(self, step: int) -> dict[str, Any]:
+        t, a = self.trainer, self.trainer.args
+        start = time.perf_counter()
+        group, chunk = a.rollout.num_generations, a.rollout.prompts_per_step
+        rollouts, scored_parts = [], []
+        rubric = t.rubric_version.rubric if t.rubric_version is not None else t.initial_rubric  # before train()
+        for lo in range(0, len(self.prompts), chunk):
+            prompts = self.prompts[lo:lo + chunk]
+            sampling = dataclasses.replace(t.sampling, seed=(a.seed * 1_000_003 + step * 7919 + lo + 104_729) % 2**31)
+            part = stages.generate(t.rollout, prompts, n=group, sampling=sampling, policy_version=t.policy_version)
+            with t._judging():
+                scored = stages.judge(t.judge, t._run_async, part, prompts, rubric, t.task,
+                                      rule_weight=a.task.rule_weight, missing_eos_penalty=a.rollout.missing_eos_penalty,
+                                      reward_funcs=t.reward_funcs)
+            rollouts += part
+            scored_parts.append(scored)
+        return eval_metrics(rollouts, scored_parts, time.perf_counter() - start)
+
+
+def eval_metrics(rollouts, scored_parts: Sequence[stages.ScoredRollouts], seconds: float) -> dict[str, Any]:
+    rewards = [float(r) for s in scored_parts for r, v in zip(s.rewards.tolist(), s.valid.tolist()) if v]
+    judged = [r for s in scored_parts for r in s.judge_rewards if r is not None]
+    per_func: dict[str, list] = {}
+    for s in scored_parts:
+        for name, values in s.func_rewards.items():
+            per_func.setdefault(name, []).extend(values)
+    lengths = [len(r.completion_ids) for r in rollouts]
+    nan = float("nan")
+    return {
+        "eval/reward_mean": statistics.fmean(rewards) if rewards else nan,
+        "eval/reward_std": statistics.pstdev(rewards) if len(rewards) > 1 else 0.0,
+        "eval/judge_reward_mean": statistics.fmean(judged) if judged else nan,
+        "eval/samples": len(rollouts),
+        "eval/valid_samples": len(rewards),
+        "eval/judge_failed": sum(s.failures for s in scored_parts),
+        "eval/response_length_mean": statistics.fmean(lengths) if lengths else nan,
+        "eval/eos_fraction": sum(r.finished for r in rollouts) / max(len(rollouts), 1),
+        "eval/seconds": seconds,
+        **rf.func_metrics(per_func, prefix="eval/"),
+    }
+
+
+def make_evaluator(trainer, eval_dataset) -> Evaluator | None:
+    """The trainer's Evaluator: over eval_dataset, else task.eval_split of the task's data; None
+    when train.eval_steps is 0 (an eval set without eval_steps is kept for `trainer.evaluate()`)."""
+    a = trainer.args
+    if eval_dataset is None and a.task.eval_split is not None:
+        eval_dataset = trainer.task.load(a.task.data, a.task.eval_split, limit=a.task.eval_limit)
+    if eval_dataset is None:
+        if a.train.eval_steps > 0:
+            raise ValueError(
+                f"train.eval_steps is {a.train.eval_steps} but there is no eval set; pass eval_dataset=..., or set "
+                "task.eval_split (e.g. test), or train.eval_steps: 0"
+            )
+        return None
+    prompts = eval_prompts(eval_dataset, trainer.task, trainer.tokenizer, max_prompt_tokens=a.task.max_prompt_tokens)
+    return Evaluator(trainer, prompts, a.train.eval_steps)
