@@ -27,6 +27,8 @@ from __future__ import annotations
 import importlib
 import inspect
 import math
+import os
+import sys
 import statistics
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
@@ -46,7 +48,7 @@ def load_reward_func(path: str) -> Callable:
         )
     module_name, attr = path.split(":")
     try:
-        module = importlib.import_module(module_name)
+        module = _import_from_cwd(module_name)
     except ImportError as e:
         raise RewardFuncError(
             f"reward function {path!r}: cannot import module {module_name!r} ({e}); make it importable (install it, or "
@@ -60,6 +62,20 @@ def load_reward_func(path: str) -> Callable:
     if not callable(func):
         raise RewardFuncError(f"reward function {path!r} is a {type(func).__name__}, not a callable")
     return func
+
+
+def _import_from_cwd(module_name: str):
+    """Import as `python -m` would: the working directory is searched first. The `mpo-fast` console
+    script does not put it on sys.path, so `reward.funcs: [my_rewards:fmt]` next to the config
+    would otherwise not be found."""
+    cwd = os.getcwd()
+    if cwd in sys.path or "" in sys.path:
+        return importlib.import_module(module_name)
+    sys.path.insert(0, cwd)
+    try:
+        return importlib.import_module(module_name)
+    finally:
+        sys.path.remove(cwd)
 
 
 def func_name(func: Callable) -> str:

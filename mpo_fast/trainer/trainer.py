@@ -534,6 +534,7 @@ class MPOTrainer:
                     "cached": j.cached,
                     "rubric_version": rubric_version.version,
                     "rubric_hash": rubric_version.hash,
+                    **({"func_rewards": {n: v[i] for n, v in scored.func_rewards.items()}} if scored.func_rewards else {}),
                     "finished": r.finished,
                     "length": len(r.completion_ids),
                     "policy_version": r.policy_version,

@@ -151,3 +151,15 @@ def test_metrics_use_trl_names_over_applicable_samples():
     assert m == {"eval/rewards/fmt/mean": 0.5, "eval/rewards/fmt/std": 0.5}
     assert func_metrics({"fmt": [None]})["rewards/fmt/mean"] is None
     assert not math.isnan(func_metrics({"x": [2.0]})["rewards/x/std"])
+
+
+def test_import_paths_find_modules_in_the_working_directory_as_python_m_does(tmp_path, monkeypatch):
+    import sys
+
+    (tmp_path / "my_rewards_cwd_case.py").write_text("def fmt(completions, **kw):\n    return [1.0] * len(completions)\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    monkeypatch.delitem(sys.modules, "my_rewards_cwd_case", raising=False)
+    f = load_reward_func("my_rewards_cwd_case:fmt")
+    assert f(completions=["a", "b"]) == [1.0, 1.0]
+    assert str(tmp_path) not in sys.path  # the search path is left as it was

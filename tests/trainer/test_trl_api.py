@@ -41,6 +41,7 @@ def _check_combined(samples, weight, judge_weight=1.0):
     assert samples
     for s in samples:
         f = short_reward([s["response"]])[0]
+        assert s["func_rewards"] == {"short_reward": f}
         parts = ([] if judge_weight == 0 else [judge_weight * s["judge_reward"]]) + ([] if f is None else [weight * f])
         assert s["reward"] == pytest.approx(sum(parts), abs=1e-6), s
 

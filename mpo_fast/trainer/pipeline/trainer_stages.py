@@ -396,6 +396,7 @@ class TrainerStages:
                 "rubric_version": getattr(s.rubric, "version", s.rubric_version), "policy_version": s.policy_version,
                 "staleness": batch.step - s.policy_version, "finished": s.rollout.finished,
                 "length": len(s.rollout.completion_ids),
+                **({"func_rewards": dict(j.func_rewards)} if getattr(j, "func_rewards", None) else {}),
             })
 
 
