@@ -328,3 +328,16 @@ def test_hf_datasets_iterable_dataset_and_generators_stream():
         gen.next(1)
     with pytest.raises(ValueError, match="list dataset"):
         gen.load_state_dict({"epoch": 0, "position": 0, "size": 4, "seed": 0})
+
+
+def test_task_eval_split_is_the_eval_set_from_a_config(tmp_path, tokenizer):
+    cfg = tiny_config(tmp_path, train={"max_steps": 1, "eval_steps": 1})
+    cfg.task.eval_split, cfg.task.eval_limit = "test", 2
+    judge = SyntheticJudge()
+    trainer = MPOTrainer(tiny_causal_lm(tokenizer, seed=0), args=cfg, train_dataset=PROMPTS, judge=judge,
+                         processing_class=tokenizer, task=ShortEssayTask())
+    expected = [e.prompt for e in ShortEssayTask().load(None, "test", limit=2)]
+    assert [p.text for p in trainer.evaluator.prompts] == expected
+    trainer.train()
+    row = read_jsonl(tmp_path / "run" / "metrics.jsonl")[0]
+    assert row["eval/samples"] == 8 and {r.prompt for call in judge.requests for r in call} >= set(expected)
