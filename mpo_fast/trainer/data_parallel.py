@@ -399,6 +399,7 @@ def make_distributed_trainer_class():
                 "judge_hashes": sorted({j.rubric_hash for j in scored.judgements if getattr(j, "rubric_hash", None)}),
                 "rewards": scored.rewards.tolist(), "valid": scored.valid.tolist(),
                 "judge_rewards": list(scored.judge_rewards), "rule_rewards": list(scored.rule_rewards),
+                "func_rewards": scored.func_rewards,  # reward_funcs' values (rewards/<name>/mean)
                 # Whole judgements (less their text) so rank 0's metrics see every field the
                 # single-process row reads: failure causes, score mass, per-item scores.
                 "judgements": [({**j.to_dict(), "rationale": ""}, j.cached) for j in scored.judgements],
@@ -416,6 +417,7 @@ def make_distributed_trainer_class():
                 rewards=torch.tensor(g("rewards"), dtype=torch.float32), valid=torch.tensor(g("valid"), dtype=torch.bool),
                 judgements=[dataclasses.replace(Judgement.from_dict(d), cached=c) for d, c in g("judgements")],
                 judge_rewards=g("judge_rewards"), rule_rewards=g("rule_rewards"),
+                func_rewards={name: [x for p in parts for x in p["func_rewards"][name]] for name in parts[0]["func_rewards"]},
             )
             global_rollouts = [SimpleNamespace(completion_ids=range(n), finished=f) for n, f in zip(g("lengths"), g("finished"))]
             global_adv = SimpleNamespace(degenerate_groups=sum(p["degenerate"] for p in parts))
