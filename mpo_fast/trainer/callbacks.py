@@ -138,8 +138,9 @@ class CallbackHandler:
                 continue
             result = fn(self._hf_args(), self.state, self.control, model=t.model, processing_class=t.tokenizer,
                         optimizer=t.optimizer, lr_scheduler=t.scheduler, **kwargs)
-            if result is not None and hasattr(result, "should_training_stop"):
-                self.control = result  # transformers lets a callback return a new control
+            if result is not None and result is not self.control and getattr(result, "should_training_stop", False):
+                # transformers lets a callback return a new control; the trainer keeps its own object
+                self.control.should_training_stop = True
 
     # -- events -------------------------------------------------------------------------------
     def train_begin(self) -> None:

@@ -163,3 +163,12 @@ def test_import_paths_find_modules_in_the_working_directory_as_python_m_does(tmp
     f = load_reward_func("my_rewards_cwd_case:fmt")
     assert f(completions=["a", "b"]) == [1.0, 1.0]
     assert str(tmp_path) not in sys.path  # the search path is left as it was
+
+
+def test_the_cli_checks_reward_funcs_before_loading_any_model():
+    from mpo_fast.trainer.build import check_inputs
+
+    with pytest.raises(ConfigError, match="reward.funcs: .*cannot import module 'no_such_reward_mod'"):
+        check_inputs(MPOConfig.from_dict({"reward": {"funcs": ["no_such_reward_mod:f"]}, "task": {"limit": 2}}))
+    check_inputs(MPOConfig.from_dict({"reward": {"funcs": ["tests.trainer.test_reward_funcs:length_reward"]},
+                                      "task": {"limit": 2}}))
