@@ -35,15 +35,13 @@ def as_example(row: Any, index: int) -> TaskExample:
                 'of {"role": ..., "content": ...} messages'
             )
         known = {"id", "prompt", "reference", "label"}
-        meta = {k: v for k, v in row.items() if k not in known}
-        if messages is not None:
-            meta["messages"] = messages
         return TaskExample(
             id=str(row.get("id", index)),
             prompt=prompt.strip(),
             reference=None if row.get("reference") is None else str(row["reference"]),
             label=None if row.get("label") is None else str(row["label"]),
-            meta=meta,
+            meta={k: v for k, v in row.items() if k not in known},
+            messages=None if messages is None else tuple(messages),
         )
     raise TypeError(f"dataset row {index} is a {type(row).__name__}; use TaskExample, a dict with 'prompt', or a string")
 
@@ -73,13 +71,12 @@ def conversation_text(messages: Sequence[Mapping[str, str]]) -> str:
 
 def prompt_messages(example: TaskExample, task) -> list[dict[str, str]]:
     """The chat messages the policy sees: a conversational row's own messages, else the task's template."""
-    messages = (example.meta or {}).get("messages")
-    return [dict(m) for m in messages] if messages is not None else task.build_messages(example)
+    return [dict(m) for m in example.messages] if example.messages is not None else task.build_messages(example)
 
 
 def prompt_text(example: TaskExample, messages: Sequence[Mapping[str, str]]) -> str:
     """The prompt as the judge and samples.jsonl show it (the task's user turn, or the conversation)."""
-    return example.prompt if (example.meta or {}).get("messages") is not None else messages[-1]["content"]
+    return example.prompt if example.messages is not None else messages[-1]["content"]
 
 
 @dataclass

@@ -254,14 +254,18 @@ def func_metrics(per_func: Mapping[str, Sequence[float | None]], prefix: str = "
 
 def prompt_for_funcs(example) -> Any:
     """What a reward function sees as the prompt: the row's messages (conversational rows) or text."""
-    messages = (example.meta or {}).get("messages") if hasattr(example, "meta") else None
-    return messages if messages is not None else example.prompt
+    messages = getattr(example, "messages", None)
+    return [dict(m) for m in messages] if messages is not None else example.prompt
 
 
 def completion_for_funcs(example, text: str) -> Any:
-    if hasattr(example, "meta") and (example.meta or {}).get("messages") is not None:
+    if getattr(example, "messages", None) is not None:
         return [{"role": "assistant", "content": text}]
     return text
+
+
+# Not passed as columns: what TRL leaves out, and the names of our own arguments.
+_NOT_COLUMNS = {"prompt", "completion", "completion_ids", "prompts", "completions", "trainer_state"}
 
 
 def columns_of(examples: Sequence[Any]) -> dict[str, list[Any]]:
@@ -269,7 +273,7 @@ def columns_of(examples: Sequence[Any]) -> dict[str, list[Any]]:
     reference, label, and every extra column of the rows (a column missing in a row gives None)."""
     keys: list[str] = ["id", "reference", "label"]
     for e in examples:
-        keys += [k for k in (e.meta or {}) if k not in keys and k != "messages"]
+        keys += [k for k in (e.meta or {}) if k not in keys and k not in _NOT_COLUMNS]
     out: dict[str, list[Any]] = {}
     for k in keys:
         if k in ("id", "reference", "label"):

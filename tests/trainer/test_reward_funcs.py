@@ -172,3 +172,12 @@ def test_the_cli_checks_reward_funcs_before_loading_any_model():
         check_inputs(MPOConfig.from_dict({"reward": {"funcs": ["no_such_reward_mod:f"]}, "task": {"limit": 2}}))
     check_inputs(MPOConfig.from_dict({"reward": {"funcs": ["tests.trainer.test_reward_funcs:length_reward"]},
                                       "task": {"limit": 2}}))
+
+
+def test_columns_named_like_our_arguments_do_not_override_them():
+    from mpo_fast.trainer.data import as_examples
+
+    ex = as_examples([{"prompt": "plain", "messages": "a column", "completion_ids": "x", "completion": "gold"}])
+    assert ex[0].messages is None  # a 'messages' column is a column, not a conversation
+    kwargs = func_kwargs(ex, ["out"], [[1, 2]])
+    assert kwargs["completion_ids"] == [[1, 2]] and kwargs["messages"] == ["a column"] and "completion" not in kwargs
