@@ -44,7 +44,8 @@ def load_reward_func(path: str) -> Callable:
     if not isinstance(path, str) or path.count(":") != 1:
         raise RewardFuncError(
             f"reward function {path!r} is not an import path; write it as 'package.module:function' "
-            "(e.g. 'my_rewards:format_reward', with my_rewards.py importable from the working directory)"
+            "(e.g. 'my_rewards:format_reward', with my_rewards.py importable from the working directory); a reward "
+            "model's name is not taken: wrap the model in a function"
         )
     module_name, attr = path.split(":")
     try:
@@ -78,6 +79,15 @@ def _import_from_cwd(module_name: str):
         sys.path.remove(cwd)
 
 
+def _is_torch_module(obj) -> bool:
+    try:
+        import torch
+
+        return isinstance(obj, torch.nn.Module)
+    except ImportError:  # pragma: no cover - torch is a dependency
+        return False
+
+
 def func_name(func: Callable) -> str:
     """TRL's name for a reward function: its __name__ (a functools.partial or object: its class name)."""
     name = getattr(func, "__name__", None) or getattr(getattr(func, "func", None), "__name__", None)
@@ -107,6 +117,12 @@ class RewardFuncs:
         funcs = [funcs] if callable(funcs) or isinstance(funcs, str) else list(funcs)
         resolved = tuple(load_reward_func(f) if isinstance(f, str) else f for f in funcs)
         for i, f in enumerate(resolved):
+            if _is_torch_module(f):
+                raise RewardFuncError(
+                    f"reward_funcs[{i}] is a {type(f).__name__} (a model); TRL's sequence-classification reward models "
+                    "are not taken as they are: wrap it in a function f(prompts, completions, **kw) -> list[float] "
+                    "(the LLM judge is already the rubric reward model)"
+                )
             if not callable(f):
                 raise RewardFuncError(f"reward_funcs[{i}] is a {type(f).__name__}; pass a callable or an import path "
                                       "'package.module:function'")
@@ -115,8 +131,6 @@ class RewardFuncs:
         if dup:
             raise RewardFuncError(f"reward functions {dup} share a name; their metrics (rewards/<name>/mean) would mix: "
                                   "give each function its own __name__")
-        if "judge" in names:
-            raise RewardFuncError("a reward function is named 'judge', the name of the judge's component; rename it")
         n = len(resolved)
         if weights is None:
             w, judge_w = [1.0] * n, 1.0

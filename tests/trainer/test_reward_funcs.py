@@ -181,3 +181,10 @@ def test_columns_named_like_our_arguments_do_not_override_them():
     assert ex[0].messages is None  # a 'messages' column is a column, not a conversation
     kwargs = func_kwargs(ex, ["out"], [[1, 2]])
     assert kwargs["completion_ids"] == [[1, 2]] and kwargs["messages"] == ["a column"] and "completion" not in kwargs
+
+
+def test_a_reward_model_module_is_refused_with_the_fix():
+    import torch
+
+    with pytest.raises(RewardFuncError, match="wrap it in a function"):
+        RewardFuncs.build([torch.nn.Linear(2, 1)])
