@@ -341,3 +341,30 @@ def test_task_eval_split_is_the_eval_set_from_a_config(tmp_path, tokenizer):
     trainer.train()
     row = read_jsonl(tmp_path / "run" / "metrics.jsonl")[0]
     assert row["eval/samples"] == 8 and {r.prompt for call in judge.requests for r in call} >= set(expected)
+
+
+def test_iterable_dataset_resumes_exactly_on_the_overlapped_schedule(tmp_path, tokenizer):
+    from mpo_fast.trainer.pipeline import PipelineError
+
+    cfg = dict(train={"max_steps": 4}, log={"save_steps": 2}, pipeline={"mode": "overlapped"})
+    settings = PipelineSettings(mode="overlapped", max_staleness=1, **FAST)
+    straight = _trainer(tmp_path / "a", tokenizer, dataset=Rows(50), **cfg)
+    train_pipelined(straight, settings)
+    # A crash in the trainer thread at step 3, after the step-2 checkpoint: the producer has drawn
+    # rows for later steps by then, and the checkpoint must record only the 4 that steps 1-2 used.
+    class Crash:
+        def on_step_end(self, trainer, step, metrics):
+            if step == 3:
+                raise RuntimeError("injected crash after step 3")
+
+    crashing = _trainer(tmp_path / "b", tokenizer, dataset=Rows(50), callbacks=[Crash()], **cfg)
+    with pytest.raises(PipelineError, match="injected crash"):
+        train_pipelined(crashing, settings)
+    assert [s for s, _ in list_checkpoints(tmp_path / "b" / "run")] == [2]
+    resumed = _trainer(tmp_path / "b", tokenizer, dataset=Rows(50), resume=True, **cfg)
+    train_pipelined(resumed, settings)
+    key = lambda s: (s["step"], s["prompt"], s["sample_index"])  # noqa: E731
+    sa = sorted(read_jsonl(tmp_path / "a" / "run" / "samples.jsonl"), key=key)
+    sb = sorted(read_jsonl(tmp_path / "b" / "run" / "samples.jsonl"), key=key)
+    assert [key(s) for s in sa if s["step"] > 2] == [key(s) for s in sb if s["step"] > 2]
+    assert [s["prompt"] for s in sb if s["step"] == 3][0].endswith((" 4", " 5"))  # rows 4-5: none re-read
