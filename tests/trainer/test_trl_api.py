@@ -368,3 +368,21 @@ def test_iterable_dataset_resumes_exactly_on_the_overlapped_schedule(tmp_path, t
     sb = sorted(read_jsonl(tmp_path / "b" / "run" / "samples.jsonl"), key=key)
     assert [key(s) for s in sa if s["step"] > 2] == [key(s) for s in sb if s["step"] > 2]
     assert [s["prompt"] for s in sb if s["step"] == 3][0].endswith((" 4", " 5"))  # rows 4-5: none re-read
+
+
+def test_a_hf_datasets_dataset_with_chat_prompts_trains(tmp_path, tokenizer):
+    datasets = pytest.importorskip("datasets")
+    ds = datasets.Dataset.from_list([{"prompt": [{"role": "user", "content": p}], "topic": i} for i, p in enumerate(PROMPTS)])
+    seen = []
+
+    def by_topic(completions, topic, **kw):
+        seen.extend(topic)
+        return [float(t) for t in topic]
+
+    trainer = _trainer(tmp_path, tokenizer, dataset=ds, reward_funcs=[by_topic], reward_weights=[0.1, 0.0],
+                       train={"max_steps": 1})
+    assert [p.text for p in trainer.prompts] == PROMPTS  # a map-style dataset: rendered up front, not streamed
+    trainer.train()
+    samples = read_jsonl(tmp_path / "run" / "samples.jsonl")
+    assert [s["reward"] for s in samples] == pytest.approx([0.1 * PROMPTS.index(s["prompt"]) for s in samples])
+    assert len(seen) == 8
