@@ -555,11 +555,6 @@ def _validate_reward_and_eval(config: MPOConfig) -> None:
         )
     if t.eval_steps < 0:
         raise ConfigError(f"train.eval_steps is {t.eval_steps}; use 0 (no evaluation) or a positive number of steps")
-    if t.eval_steps > 0 and config.pipeline.mode != "serial":
-        raise ConfigError(
-            f"train.eval_steps is {t.eval_steps} but pipeline.mode is {config.pipeline.mode!r}: evaluation runs on the "
-            "serial schedule only for now; use pipeline.mode: serial, or train.eval_steps: 0"
-        )
 
 
 def _validate_rollout_and_pipeline(config: MPOConfig) -> None:

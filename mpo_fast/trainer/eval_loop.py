@@ -13,6 +13,8 @@ neither the training samples that follow nor a resumed run.
 """
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import statistics
 import time
@@ -40,13 +42,18 @@ class Evaluator:
         self.prompts = list(prompts)
         self.every = every
 
-    def maybe_run(self, step: int) -> dict[str, Any]:
-        if not self.every or step % self.every != 0:
-            return {}
-        return self.run(step)
+    def due(self, step: int) -> bool:
+        return bool(self.every) and step % self.every == 0
 
-    def run(self, step: int) -> dict[str, Any]:
+    def maybe_run(self, step: int) -> dict[str, Any]:
+        return self.run(step) if self.due(step) else {}
+
+    def run(self, step: int, *, rollout=None, run_async=None, generate_lock=None) -> dict[str, Any]:
+        """rollout / run_async / generate_lock: the overlapped schedule's (see pipeline_eval); by
+        default the trainer's own rollout backend and event loop."""
         t, a = self.trainer, self.trainer.args
+        rollout = rollout if rollout is not None else t.rollout
+        run_async = run_async if run_async is not None else t._run_async
         start = time.perf_counter()
         group, chunk = a.rollout.num_generations, a.rollout.prompts_per_step
         rollouts, scored_parts = [], []
@@ -54,9 +61,10 @@ class Evaluator:
         for lo in range(0, len(self.prompts), chunk):
             prompts = self.prompts[lo:lo + chunk]
             sampling = dataclasses.replace(t.sampling, seed=(a.seed * 1_000_003 + step * 7919 + lo + 104_729) % 2**31)
-            part = stages.generate(t.rollout, prompts, n=group, sampling=sampling, policy_version=t.policy_version)
+            with generate_lock if generate_lock is not None else contextlib.nullcontext():
+                part = stages.generate(rollout, prompts, n=group, sampling=sampling, policy_version=t.policy_version)
             with t._judging():
-                scored = stages.judge(t.judge, t._run_async, part, prompts, rubric, t.task,
+                scored = stages.judge(t.judge, run_async, part, prompts, rubric, t.task,
                                       rule_weight=a.task.rule_weight, missing_eos_penalty=a.rollout.missing_eos_penalty,
                                       reward_funcs=t.reward_funcs)
             rollouts += part
@@ -102,3 +110,31 @@ def make_evaluator(trainer, eval_dataset) -> Evaluator | None:
         return None
     prompts = eval_prompts(eval_dataset, trainer.task, trainer.tokenizer, max_prompt_tokens=a.task.max_prompt_tokens)
     return Evaluator(trainer, prompts, a.train.eval_steps)
+
+
+def pipeline_eval(stages_, step: int) -> dict[str, Any]:
+    """The evaluation due after `step` on a pipelined schedule, from the trainer thread between updates.
+
+    Generation takes the stages' generate_lock, so it never runs beside the producer's (the two
+    would share a module, an engine, or the global RNG that seeded sampling forks); with a rollout
+    copy (max_staleness > 0) it uses the trainer's own, current module. Judging runs on the loop
+    the pipeline judges on (the judge's HTTP clients belong to it)."""
+    t = stages_.trainer
+    ev = getattr(t, "evaluator", None)
+    if ev is None or not ev.due(step):
+        return {}
+    rollout = t.rollout if getattr(stages_, "copy", None) is not None else stages_.rollout
+
+    def on_judge_loop(awaitable):
+        loop = stages_.judge_loop
+        if loop is None:
+            return t._run_async(awaitable)
+
+        async def wait():
+            return await awaitable
+
+        if loop.is_running():  # the overlapped schedule: the judge loop's own thread runs it
+            return asyncio.run_coroutine_threadsafe(wait(), loop).result(timeout=stages_.settings.stall_timeout_s)
+        return loop.run_until_complete(wait())  # the serial pipeline: its loop, idle between steps
+
+    return ev.run(step, rollout=rollout, run_async=on_judge_loop, generate_lock=stages_.generate_lock)

@@ -228,11 +228,31 @@ def test_eval_dataset_is_judged_every_eval_steps_and_never_trained_on(tmp_path, 
     assert set(trainer.evaluate()) >= {"eval/reward_mean", "eval/reward_std", "eval/judge_failed"}
 
 
-def test_eval_steps_without_an_eval_set_or_on_the_overlapped_schedule_is_an_error(tmp_path, tokenizer):
+def test_eval_steps_without_an_eval_set_is_an_error(tmp_path, tokenizer):
     with pytest.raises(ValueError, match="no eval set"):
         _trainer(tmp_path, tokenizer, train={"eval_steps": 2})
-    with pytest.raises(ValueError, match="serial schedule only"):
-        tiny_config(tmp_path, train={"eval_steps": 2}, pipeline={"mode": "overlapped"})
+
+
+@pytest.mark.parametrize("mode, staleness", [("overlapped", 0), ("overlapped", 1), ("serial", 0)])
+def test_eval_on_the_pipelined_schedules(tmp_path, tokenizer, mode, staleness):
+    eval_rows = ["zebra", "quiet hills"]
+    judge = SyntheticJudge()
+    cfg = dict(train={"max_steps": 4, "eval_steps": 2}, pipeline={"mode": mode, "max_staleness": staleness})
+    trainer = _trainer(tmp_path / "e", tokenizer, rm=judge, eval_dataset=eval_rows, reward_funcs=[short_reward], **cfg)
+    train_pipelined(trainer, PipelineSettings(mode=mode, max_staleness=staleness, **FAST))
+    rows = read_jsonl(tmp_path / "e" / "run" / "metrics.jsonl")
+    assert ["eval/reward_mean" in r for r in rows] == [False, True, False, True]
+    assert all(r["eval/valid_samples"] == 8 and "eval/rewards/short_reward/mean" in r for r in (rows[1], rows[3]))
+    assert len([r for call in judge.requests for r in call if r.prompt in eval_rows]) == 16
+    samples = read_jsonl(tmp_path / "e" / "run" / "samples.jsonl")
+    assert len(samples) == 32 and not {s["prompt"] for s in samples} & set(eval_rows)
+    if staleness == 0:  # on-policy and seeded: evaluation leaves the training samples as they were
+        cfg["train"] = {"max_steps": 4}
+        plain = _trainer(tmp_path / "p", tokenizer, reward_funcs=[short_reward], **cfg)
+        train_pipelined(plain, PipelineSettings(mode=mode, max_staleness=0, **FAST))
+        key = lambda s: (s["step"], s["prompt"], s["sample_index"])  # noqa: E731
+        other = sorted(read_jsonl(tmp_path / "p" / "run" / "samples.jsonl"), key=key)
+        assert [s["response"] for s in sorted(samples, key=key)] == [s["response"] for s in other]
 
 
 # -- conversational prompts -------------------------------------------------------------------

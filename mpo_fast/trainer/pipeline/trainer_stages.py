@@ -15,6 +15,7 @@ judge and train on identical batches.
 """
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import inspect
 import threading
@@ -30,6 +31,7 @@ from ...rubrics import Rubric
 from .. import reward_funcs
 from .. import stages as trainer_stages
 from ..batch import build_train_batch
+from ..eval_loop import pipeline_eval
 from . import make_pipeline
 from .errors import ShutdownRequested
 from .protocol import PromptItem, ScoredBatch, ScoredSample
@@ -87,6 +89,8 @@ class TrainerStages:
                 "(judge.backend=openai, or judge.model=embedded / a model directory)"
             )
         self._sampler_lock = threading.Lock()
+        self.generate_lock = threading.Lock()  # rollout generation and evaluation (eval_loop.py) take turns
+        self.judge_loop: asyncio.AbstractEventLoop | None = None  # the loop judging runs on (evaluation uses it)
         self._sampler_states: dict[int, dict] = {}
         self._snapshot: dict | None = None
         self._snapshot_lock = threading.Lock()
@@ -154,8 +158,9 @@ class TrainerStages:
         out = []
         for p in prompts:  # one seed per (run, step, prompt): samples independent of thread and chunking
             sampling = dataclasses.replace(t.sampling, seed=(t.args.seed * 1_000_003 + step * 7919 + p.index) % 2**31)
-            rollouts = trainer_stages.generate(self.rollout, [p.example], n=self.group_size, sampling=sampling,
-                                               policy_version=policy_version)
+            with self.generate_lock:
+                rollouts = trainer_stages.generate(self.rollout, [p.example], n=self.group_size, sampling=sampling,
+                                                   policy_version=policy_version)
             out += [dataclasses.replace(r, prompt_index=len(out) // self.group_size) for r in rollouts]
         return out
 
@@ -244,7 +249,8 @@ class TrainerStages:
                 t.run_log.samples(self.samples_log)
                 self.samples_log = []
             if self._pending_row is not None:
-                row = {**self._pending_row, "rubric_version_next": getattr(rubric, "version", rubric_version)}
+                row = {**self._pending_row, "rubric_version_next": getattr(rubric, "version", rubric_version),
+                       **pipeline_eval(self, step)}
                 t.run_log.metrics(row)
                 if self.progress is not None:
                     self.progress.step(row)
@@ -284,6 +290,7 @@ class TrainerStages:
 
     async def judge(self, items: list[_JudgeItem]) -> list[CombinedJudgement]:
         t, a = self.trainer, self.trainer.args
+        self.judge_loop = asyncio.get_running_loop()
         judgements = await t.judge.judge([i.request for i in items])
         judged = [j.reward if j.ok else None for j in judgements]
         rules = [t.task.rule_reward(i.example, i.text) if a.task.rule_weight > 0 else None for i in items]
