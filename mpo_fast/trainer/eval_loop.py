@@ -6,7 +6,7 @@ trained on them, nothing is counted toward judge.max_failure_rate, and the meta-
 
 The step's metrics row gains `eval/reward_mean`, `eval/reward_std`, `eval/judge_reward_mean`,
 `eval/valid_samples`, `eval/judge_failed`, `eval/response_length_mean`, `eval/eos_fraction`,
-`eval/seconds` and `eval/rewards/<func>/mean|std` (TRL's names with its `eval_` prefix as a folder).
+`eval/seconds`, `eval/rubric_version` and `eval/rewards/<func>/mean|std` (TRL's names with its `eval_` prefix as a folder).
 
 Sampling is seeded per (run seed, step, chunk) inside a forked RNG, so an evaluation changes
 neither the training samples that follow nor a resumed run.
@@ -69,7 +69,10 @@ class Evaluator:
                                       reward_funcs=t.reward_funcs)
             rollouts += part
             scored_parts.append(scored)
-        return eval_metrics(rollouts, scored_parts, time.perf_counter() - start)
+        out = eval_metrics(rollouts, scored_parts, time.perf_counter() - start)
+        # Rewards of two rubric versions are on different scales: say which one judged.
+        out["eval/rubric_version"] = getattr(t.rubric_version, "version", 0)
+        return out
 
 
 def eval_metrics(rollouts, scored_parts: Sequence[stages.ScoredRollouts], seconds: float) -> dict[str, Any]:

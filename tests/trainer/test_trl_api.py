@@ -217,7 +217,7 @@ def test_eval_dataset_is_judged_every_eval_steps_and_never_trained_on(tmp_path, 
     eval_requests = [r for call in judge.requests for r in call if r.prompt in eval_rows]
     assert len(eval_requests) == 2 * len(eval_rows) * 4  # 2 evaluations x 2 prompts x group 4
     for row in (rows[1], rows[3]):
-        assert row["eval/samples"] == 8 and row["eval/valid_samples"] == 8
+        assert row["eval/samples"] == 8 and row["eval/valid_samples"] == 8 and row["eval/rubric_version"] == 1
         assert 0.0 <= row["eval/judge_reward_mean"] <= 1.0 and "eval/rewards/short_reward/mean" in row
     samples = read_jsonl(tmp_path / "e" / "run" / "samples.jsonl")
     assert not {s["prompt"] for s in samples} & set(eval_rows)
