@@ -15,7 +15,7 @@ A `transformers.TrainerCallback` is accepted as it is (TRL users' callbacks): it
 `TrainerState` (global_step, max_steps, log_history filled), a `TrainerControl` (the trainer's own:
 `control.should_training_stop` is honoured) and a `TrainingArguments` built from the run's config,
 at on_train_begin, on_step_end, on_log (the step's numeric metrics), on_evaluate (when the step ran
-an evaluation), on_save (when it wrote a checkpoint) and on_train_end; an `on_evolve` method, if the
+an evaluation; its metrics named eval_<key> as transformers' Trainer.evaluate names them), on_save (when it wrote a checkpoint) and on_train_end; an `on_evolve` method, if the
 callback has one, is called too. There is no on_step_begin / on_substep_end (a step here is one
 generate -> judge -> update round, not a gradient micro-step).
 """
@@ -171,7 +171,8 @@ class CallbackHandler:
             state.log_history.append({**logs, "step": step})
             self._call_hf("on_step_end")
             self._call_hf("on_log", logs=logs)
-            evaluated = {k: v for k, v in logs.items() if k.startswith("eval/")}
+            # transformers' Trainer.evaluate names them eval_<key> (TRL: eval_reward, eval_rewards/<f>/mean)
+            evaluated = {"eval_" + k[len("eval/"):]: v for k, v in logs.items() if k.startswith("eval/")}
             if evaluated:
                 self._call_hf("on_evaluate", metrics=evaluated)
             if saved:

@@ -209,8 +209,17 @@ def test_transformers_trainer_callback_gets_state_control_and_logs(tmp_path, tok
 def test_eval_dataset_is_judged_every_eval_steps_and_never_trained_on(tmp_path, tokenizer):
     eval_rows = ["zebra", "quiet hills"]
     judge = SyntheticJudge()
+    from transformers import TrainerCallback
+
+    class OnEvaluate(TrainerCallback):
+        evaluated: list = []
+
+        def on_evaluate(self, args, state, control, metrics=None, **kw):
+            self.evaluated.append(metrics)
+
+    hf = OnEvaluate()
     trainer = _trainer(tmp_path / "e", tokenizer, rm=judge, eval_dataset=eval_rows, reward_funcs=[short_reward],
-                       train={"max_steps": 4, "eval_steps": 2})
+                       train={"max_steps": 4, "eval_steps": 2}, callbacks=[hf])
     trainer.train()
     rows = read_jsonl(tmp_path / "e" / "run" / "metrics.jsonl")
     assert ["eval/reward_mean" in r for r in rows] == [False, True, False, True]
@@ -222,6 +231,8 @@ def test_eval_dataset_is_judged_every_eval_steps_and_never_trained_on(tmp_path, 
     samples = read_jsonl(tmp_path / "e" / "run" / "samples.jsonl")
     assert not {s["prompt"] for s in samples} & set(eval_rows)
     # Evaluation draws its samples in a forked RNG: the training run is the same as without it.
+    assert [sorted(m)[:2] for m in hf.evaluated] == [["eval_eos_fraction", "eval_judge_failed"]] * 2
+    assert hf.evaluated[0]["eval_reward_mean"] == rows[1]["eval/reward_mean"]
     plain = _trainer(tmp_path / "p", tokenizer, reward_funcs=[short_reward], train={"max_steps": 4})
     plain.train()
     assert [s["response"] for s in samples] == [s["response"] for s in read_jsonl(tmp_path / "p" / "run" / "samples.jsonl")]
