@@ -17,7 +17,8 @@ A `transformers.TrainerCallback` is accepted as it is (TRL users' callbacks): it
 at on_train_begin, on_step_end, on_log (the step's numeric metrics), on_evaluate (when the step ran
 an evaluation; its metrics named eval_<key> as transformers' Trainer.evaluate names them), on_save (when it wrote a checkpoint) and on_train_end; an `on_evolve` method, if the
 callback has one, is called too. There is no on_step_begin / on_substep_end (a step here is one
-generate -> judge -> update round, not a gradient micro-step).
+generate -> judge -> update round, not a gradient micro-step). Under torchrun the callbacks run
+on every rank and the run stops when any rank asks to.
 """
 from __future__ import annotations
 
@@ -177,7 +178,18 @@ class CallbackHandler:
                 self._call_hf("on_evaluate", metrics=evaluated)
             if saved:
                 self._call_hf("on_save")
-        return bool(self.control.should_training_stop)
+        return self._agreed_stop(bool(self.control.should_training_stop))
+
+    def _agreed_stop(self, stop: bool) -> bool:
+        """Under torchrun every rank runs the callbacks; one rank stopping alone would leave the
+        others waiting in the next collective, so the ranks stop when any of them asks to."""
+        from .distributed import all_gather, current
+
+        if current() is None:
+            return stop
+        stop = any(all_gather(stop))
+        self.control.should_training_stop = stop
+        return stop
 
     def train_end(self) -> None:
         for cb in self.native:

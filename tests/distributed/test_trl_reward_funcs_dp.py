@@ -34,3 +34,27 @@ def test_reward_func_metrics_are_over_every_rank(tmp_path):
     assert [r["reward_mean"] for r in dp] == pytest.approx([r["reward_mean"] for r in one], abs=1e-6)
     samples = read_jsonl(tmp_path / "dp" / "run" / "samples.jsonl")
     assert len(samples) == 2 * 16 and all("short_reward" in s["func_rewards"] for s in samples)
+
+
+class StopOnRank0:
+    def on_step_end(self, trainer, step, metrics):
+        import torch.distributed as dist
+
+        if step == 1 and dist.get_rank() == 0:
+            trainer.control.should_training_stop = True
+
+
+def train_until_stopped(rank, world, tmp):
+    trainer = workers.make_trainer(Path(tmp), scripted=True, world=world, **{**CFG, "train": {"max_steps": 3}})
+    trainer.callbacks = type(trainer.callbacks)([StopOnRank0()], trainer)
+    trainer.control = trainer.callbacks.control
+    result = trainer.train()
+    trainer.close()
+    return result.steps
+
+
+def test_a_stop_asked_by_one_rank_stops_every_rank(tmp_path):
+    from mpo_fast.trainer.checkpoint import list_checkpoints
+
+    assert all_ok(run_ranks(train_until_stopped, 2, tmp_path / "ranks", str(tmp_path / "dp"))) == [1, 1]
+    assert [s for s, _ in list_checkpoints(tmp_path / "dp" / "run")] == [1]
