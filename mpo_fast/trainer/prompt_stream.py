@@ -3,7 +3,7 @@ iterable of rows), drawn as training needs them instead of rendered up front.
 
     stream = PromptStream(dataset, render)   # render: TaskExample -> stages.PromptItem
     ids = stream.next(4)                     # the next 4 rows, in the stream's order
-    stream[ids[0]]                           # its PromptItem
+    stream[ids[0]]                           # its PromptItem (a row no longer held is read again)
 
 It is the trainer's sampler and its prompt table at once (`next`, `state_dict`, `load_state_dict`,
 `__getitem__`), so both schedules use it unchanged. The state a checkpoint needs is the number of
@@ -79,10 +79,24 @@ class PromptStream:
         return picked
 
     def __getitem__(self, index: int):
+        held = self._items.get(index)
+        if held is not None:
+            return held
+        if not 0 <= index < self.consumed:
+            raise IndexError(f"streamed prompt {index} was not drawn yet ({self.consumed} rows consumed)")
+        # A row drawn before but not held: a resumed pipelined run restoring the meta-judge's sample
+        # window from its checkpoint (a fresh stream holds nothing). Read it again; done before the
+        # first draw and in ascending order, this only moves the iterator forward (a generator works).
+        self._seek(index)
         try:
-            return self._items[index]
-        except KeyError:
-            raise IndexError(f"streamed prompt {index} is no longer held (the newest {self.keep} are)") from None
+            row = next(self._iterator)
+        except StopIteration:
+            raise StreamExhaustedError(f"train_dataset has no row {index} any more; resume with the same dataset") from None
+        self._position += 1
+        item = self._items[index] = self.render(as_example(row, index))
+        while len(self._items) > self.keep:
+            self._items.popitem(last=False)
+        return item
 
     def state_dict(self) -> dict[str, Any]:
         return {"kind": "stream", "consumed": self.consumed}

@@ -361,6 +361,26 @@ def test_hf_datasets_iterable_dataset_and_generators_stream():
         gen.load_state_dict({"epoch": 0, "position": 0, "size": 4, "seed": 0})
 
 
+def test_a_resumed_stream_reads_a_drawn_row_again():
+    # A resumed pipelined run restores the meta-judge's sample window before its first draw: the
+    # window's prompts were drawn by the interrupted run, so the fresh stream reads them again, going
+    # forward only (a one-shot generator works), and then draws on from the checkpointed position.
+    reads = []
+
+    def rows():
+        for i in range(10):
+            reads.append(i)
+            yield {"prompt": f"g{i}"}
+
+    stream = PromptStream(rows(), lambda ex: ex)
+    stream.load_state_dict({"kind": "stream", "consumed": 4})
+    assert [stream[i].prompt for i in (1, 1, 3)] == ["g1", "g1", "g3"]
+    assert [stream[i].prompt for i in stream.next(2)] == ["g4", "g5"]
+    assert reads == [0, 1, 2, 3, 4, 5]  # every row read once
+    with pytest.raises(IndexError, match="not drawn yet"):
+        stream[6]
+
+
 def test_task_eval_split_is_the_eval_set_from_a_config(tmp_path, tokenizer):
     cfg = tiny_config(tmp_path, train={"max_steps": 1, "eval_steps": 1})
     cfg.task.eval_split, cfg.task.eval_limit = "test", 2
