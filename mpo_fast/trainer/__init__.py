@@ -9,10 +9,13 @@ from .config import (
     ModelConfig,
     MPOConfig,
     PipelineConfig,
+    RewardSettings,
     RolloutSettings,
     TaskSettings,
     TrainSettings,
 )
+from .prompt_stream import StreamExhaustedError
+from .reward_funcs import RewardFuncError
 from .trainer import JudgeFailureRateError, MPOTrainer, OutputDirInUseError, TrainResult
 
 __all__ = [
@@ -28,7 +31,10 @@ __all__ = [
     "ModelConfig",
     "OutputDirInUseError",
     "PipelineConfig",
+    "RewardFuncError",
+    "RewardSettings",
     "RolloutSettings",
+    "StreamExhaustedError",
     "TaskSettings",
     "TrainResult",
     "TrainSettings",

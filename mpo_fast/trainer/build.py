@@ -30,6 +30,7 @@ from ..tasks import get_task
 from .config import ConfigError, JudgeSettings, MetaSettings, MPOConfig
 from .distributed import current as current_dist
 from .data_parallel import make_distributed_trainer_class
+from .reward_funcs import RewardFuncError, RewardFuncs
 from .distributed import is_main_process
 from .model_loading import load_causal_lm, load_policy
 
@@ -88,6 +89,10 @@ def check_inputs(config: MPOConfig):
             load_rubric(config.task.rubric, task=task.name)
         except (ValueError, TypeError, FileNotFoundError) as exc:
             raise ConfigError(f"task.rubric: {exc}") from exc
+    try:  # reward.funcs imported now, seconds before minutes of model loading
+        RewardFuncs.build(config.reward.funcs or None, config.reward.weights)
+    except RewardFuncError as exc:
+        raise ConfigError(f"reward.funcs: {exc}") from exc
     return examples
 
 

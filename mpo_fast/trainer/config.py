@@ -58,6 +58,10 @@ class TaskSettings:
     # math/ethics: reward = (1 - w) * judge + w * rule where the task has a rule reward.
     rule_weight: float = 0.5
     max_prompt_tokens: int = 1024  # longer rendered prompts are an error (truncation would change the task)
+    # Evaluation set when train.eval_steps > 0 and no eval_dataset is passed: this split of task.data
+    # (the shipped data has "test"), its first eval_limit rows. null: none.
+    eval_split: str | None = None
+    eval_limit: int | None = None
 
 
 @dataclass
@@ -178,6 +182,17 @@ class TrainSettings:
     # and how long any collective waits for the other ranks before the run stops (a dead or hung rank).
     distributed: str = "auto"
     dist_timeout_s: float = 600.0
+    # Every N steps generate for the eval set and judge it (eval/* in metrics.jsonl); 0: never.
+    eval_steps: int = 0
+
+
+@dataclass
+class RewardSettings:
+    """Reward functions beside the judge (trainer/reward_funcs.py), as TRL's reward_funcs/reward_weights."""
+
+    funcs: list[str] = field(default_factory=list)  # import paths "package.module:function"
+    # One weight per function, plus optionally a last one for the judge (default 1.0); null: all 1.0.
+    weights: list[float] | None = None
 
 
 @dataclass
@@ -228,6 +243,7 @@ class MPOConfig:
     train: TrainSettings = field(default_factory=TrainSettings)
     log: LogSettings = field(default_factory=LogSettings)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    reward: RewardSettings = field(default_factory=RewardSettings)
 
     def __post_init__(self) -> None:
         validate(self)
@@ -518,6 +534,21 @@ def validate(config: MPOConfig) -> None:
         raise ConfigError("train.algorithm is 'ppo': its KL is per token in the reward (as the reference's PPO); "
                           "set train.kl_in: reward (or kl_coef: 0)")
     _validate_rollout_and_pipeline(config)
+    _validate_reward_and_eval(config)
+
+
+def _validate_reward_and_eval(config: MPOConfig) -> None:
+    r, t = config.reward, config.train
+    for path in r.funcs:
+        if not isinstance(path, str) or path.count(":") != 1 or not all(path.split(":")):
+            raise ConfigError(f"reward.funcs has {path!r}; write each as an import path 'package.module:function'")
+    if r.weights is not None and len(r.weights) not in (len(r.funcs), len(r.funcs) + 1):
+        raise ConfigError(
+            f"reward.weights has {len(r.weights)} values for {len(r.funcs)} reward.funcs; give one per function (the "
+            "judge keeps 1.0), or one more whose last value weights the judge"
+        )
+    if t.eval_steps < 0:
+        raise ConfigError(f"train.eval_steps is {t.eval_steps}; use 0 (no evaluation) or a positive number of steps")
 
 
 def _validate_rollout_and_pipeline(config: MPOConfig) -> None:

@@ -492,6 +492,7 @@ def make_distributed_trainer_class():
                 "judge_hashes": sorted({j.rubric_hash for j in scored.judgements if getattr(j, "rubric_hash", None)}),
                 "rewards": scored.rewards.tolist(), "valid": scored.valid.tolist(),
                 "judge_rewards": list(scored.judge_rewards), "rule_rewards": list(scored.rule_rewards),
+                "func_rewards": scored.func_rewards,  # reward_funcs' values (rewards/<name>/mean)
                 # Whole judgements (less their text) so rank 0's metrics see every field the
                 # single-process row reads: failure causes, score mass, per-item scores.
                 "judgements": [({**j.to_dict(), "rationale": ""}, j.cached) for j in scored.judgements],
@@ -509,6 +510,7 @@ def make_distributed_trainer_class():
                 rewards=torch.tensor(g("rewards"), dtype=torch.float32), valid=torch.tensor(g("valid"), dtype=torch.bool),
                 judgements=[dataclasses.replace(Judgement.from_dict(d), cached=c) for d, c in g("judgements")],
                 judge_rewards=g("judge_rewards"), rule_rewards=g("rule_rewards"),
+                func_rewards={name: [x for p in parts for x in p["func_rewards"][name]] for name in parts[0]["func_rewards"]},
             )
             # The step lasts as long as its slowest rank: stage times are maxima, so samples/s and
             # generated tokens/s come out as the sums over ranks.

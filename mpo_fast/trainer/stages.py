@@ -23,6 +23,8 @@ from ..ops.advantages import GroupAdvantages, group_advantages
 from ..rollout import Rollout, RolloutBackend, SamplingParams
 from ..rubrics import Rubric
 from ..tasks import Task, TaskExample
+from . import reward_funcs as rf
+from .data import prompt_messages, prompt_text
 
 RunAsync = Callable[[Awaitable[Any]], Any]
 
@@ -47,17 +49,20 @@ def render_prompts(examples: Sequence[TaskExample], task: Task, tokenizer, *, ma
         )
     items = []
     for example in examples:
-        messages = task.build_messages(example)
+        messages = prompt_messages(example, task)  # a conversational row's own messages, else the task's
         # Text first, then ids: the return type of apply_chat_template(tokenize=True) differs
-        # between transformers 4.x (list) and 5.x (BatchEncoding).
-        rendered = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        # between transformers 4.x (list) and 5.x (BatchEncoding). A conversation ending with an
+        # assistant turn is continued (a prefill), as TRL does.
+        prefill = messages[-1]["role"] == "assistant"
+        rendered = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=not prefill,
+                                                 **({"continue_final_message": True} if prefill else {}))
         ids = tokenizer(rendered, add_special_tokens=False)["input_ids"]
         if len(ids) > max_prompt_tokens:
             raise ValueError(
                 f"example {example.id!r} renders to {len(ids)} prompt tokens, over task.max_prompt_tokens="
                 f"{max_prompt_tokens}; raise task.max_prompt_tokens or drop long examples"
             )
-        items.append(PromptItem(example=example, text=messages[-1]["content"], ids=list(ids)))
+        items.append(PromptItem(example=example, text=prompt_text(example, messages), ids=list(ids)))
     return items
 
 
@@ -96,6 +101,7 @@ class ScoredRollouts:
     judge_rewards: list[float | None]
     rule_rewards: list[float | None]
     seconds: float = 0.0
+    func_rewards: dict[str, list[float | None]] = field(default_factory=dict)  # reward_funcs' values (reward_funcs.py)
 
     @property
     def failures(self) -> int:
@@ -142,7 +148,10 @@ def judge(
     *,
     rule_weight: float,
     missing_eos_penalty: float,
+    reward_funcs=None,
 ) -> ScoredRollouts:
+    """Judge the rollouts; each reward is the judge's (rule reward mixed in) combined with the
+    reward functions' by reward_funcs.combine (None: the judge's alone)."""
     requests = [
         JudgeRequest(prompt=prompts[r.prompt_index].text, response=r.text, rubric=rubric,
                      reference=prompts[r.prompt_index].example.reference)
@@ -158,17 +167,21 @@ def judge(
         )
     judge_rewards: list[float | None] = []
     rule_rewards: list[float | None] = []
-    rewards, valid = [], []
+    components: list[float | None] = []
     for r, j in zip(rollouts, judgements):
         judged = j.reward if j.ok else None
         rule = task.rule_reward(prompts[r.prompt_index].example, r.text) if rule_weight > 0 else None
-        reward = combine_reward(
-            judged, rule, rule_weight=rule_weight, finished=r.finished, missing_eos_penalty=missing_eos_penalty
-        )
+        components.append(combine_reward(judged, rule, rule_weight=rule_weight, finished=True, missing_eos_penalty=0.0))
         judge_rewards.append(judged)
         rule_rewards.append(rule)
-        rewards.append(0.0 if reward is None else reward)
-        valid.append(reward is not None)
+    examples = [prompts[r.prompt_index].example for r in rollouts]
+    per_func = rf.call_funcs(reward_funcs, rf.func_kwargs(examples, [r.text for r in rollouts],
+                                                          [r.completion_ids for r in rollouts]), len(rollouts), run_async) \
+        if reward_funcs is not None else {}
+    combined = rf.combine(reward_funcs, components, per_func, finished=[r.finished for r in rollouts],
+                          missing_eos_penalty=missing_eos_penalty)
+    rewards = [0.0 if x is None else x for x in combined]
+    valid = [x is not None for x in combined]
     return ScoredRollouts(
         rewards=torch.tensor(rewards, dtype=torch.float32),
         valid=torch.tensor(valid, dtype=torch.bool),
@@ -176,6 +189,7 @@ def judge(
         judge_rewards=judge_rewards,
         rule_rewards=rule_rewards,
         seconds=seconds,
+        func_rewards=per_func,
     )
 
 

@@ -18,6 +18,7 @@ from ..judges.types import Judgement, judgement_metrics
 from ..parsing.spec import ScoreStatus
 from ..process_memory import peak_rss_mb
 from ..rubrics import Rubric, RubricVersion
+from .reward_funcs import func_metrics
 from .stages import PromptItem, ScoredRollouts, item_score_stats
 from .update import UpdateResult
 
@@ -145,6 +146,7 @@ def metrics_row(facts: StepFacts, *, update: UpdateResult | None, counters: RunC
         "skipped_nonfinite_total": counters.skipped_nonfinite,
         "peak_rss_mb": round(peak_rss_mb(), 1),  # whole process, since start (VmHWM)
         **item_score_stats(scored.judgements),
+        **func_metrics(scored.func_rewards),  # rewards/<func>/mean|std, as TRL logs them (reward_funcs.py)
     }
     if update is not None:
         row.update(loss=update.loss, grad_norm=update.grad_norm, lr=update.lr, **update.metrics)
@@ -182,6 +184,8 @@ def sample_records(step: int, prompts: Sequence[PromptItem], rollouts: Sequence[
             "cached": j.cached,
             "rubric_version": rubric_version.version,
             "rubric_hash": rubric_version.hash,
+            # the reward functions' values (reward_funcs.py); a run without them has no such field
+            **({"func_rewards": {name: v[i] for name, v in scored.func_rewards.items()}} if scored.func_rewards else {}),
             "finished": r.finished,
             "length": len(r.completion_ids),
             "policy_version": r.policy_version,

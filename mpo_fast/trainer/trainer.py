@@ -34,7 +34,10 @@ from . import checkpoint as ckpt
 from . import stages, step_record
 from .batch import build_train_batch
 from .config import MPOConfig
-from .data import PromptSampler, as_examples
+from .callbacks import CallbackHandler
+from .eval_loop import make_evaluator
+from .prompt_stream import training_prompts
+from .reward_funcs import RewardFuncs
 from .kl_reward import kl_penalised_rewards, sequence_k1
 from .logprobs import PolicyLogprobs, adapters_disabled, causal_lm_of, is_peft_model
 from .run_log import Progress, RunLog, read_jsonl
@@ -116,6 +119,11 @@ class MPOTrainer:
     processing_class: the tokenizer (loaded with the model when `model` is a path).
     rollout: a RolloutBackend; default in-process HF generate.
     signals: a reward-hacking detector (see `_observe_signals`); None: none.
+    reward_funcs, reward_weights: TRL-style reward functions combined with the judge's reward
+        (trainer/reward_funcs.py); default: args.reward.
+    callbacks: our callbacks or transformers TrainerCallbacks (trainer/callbacks.py).
+    eval_dataset: prompts judged every args.train.eval_steps, never trained on (trainer/eval_loop.py).
+    train_dataset may also be an iterable (torch/datasets IterableDataset): streamed (prompt_stream.py).
     """
 
     def __init__(
@@ -131,6 +139,10 @@ class MPOTrainer:
         rollout: RolloutBackend | None = None,
         signals=None,
         task: Task | None = None,
+        reward_funcs=None,
+        reward_weights: Sequence[float] | None = None,
+        callbacks: Sequence[Any] | None = None,
+        eval_dataset=None,
     ) -> None:
         self.args = args = args if args is not None else MPOConfig()
         if judge is None:
@@ -139,12 +151,7 @@ class MPOTrainer:
         self.task = task if task is not None else get_task(args.task.name)
         self._setup_model(model, processing_class, peft_config)
         self._setup_optimisation()
-        # Prompts are rendered now: a too-long one fails before any training.
-        examples = as_examples(train_dataset) if train_dataset is not None else self.task.load(
-            args.task.data, args.task.split, limit=args.task.limit
-        )
-        self.prompts = stages.render_prompts(examples, self.task, self.tokenizer, max_prompt_tokens=args.task.max_prompt_tokens)
-        self.sampler = PromptSampler(len(self.prompts), args.seed)
+        self.prompts, self.sampler = training_prompts(train_dataset, self.task, self.tokenizer, args)
         self.sampling = SamplingParams(
             max_new_tokens=args.rollout.max_new_tokens, temperature=args.rollout.temperature,
             top_p=args.rollout.top_p, top_k=args.rollout.top_k,
@@ -160,6 +167,15 @@ class MPOTrainer:
             load_rubric(args.task.rubric, task=self.task.name) if args.task.rubric else self.task.initial_rubric()
         )
         self._loop = asyncio.new_event_loop()
+        # -- what a TRL user passes: reward functions, callbacks, an eval set ---------------------
+        self.callbacks = CallbackHandler(callbacks, self)
+        self.control = self.callbacks.control  # control.should_training_stop = True ends the run after the step
+        self.reward_funcs = RewardFuncs.build(
+            reward_funcs if reward_funcs is not None else (args.reward.funcs or None),
+            reward_weights if reward_weights is not None else args.reward.weights,
+            trainer_state=lambda: self.callbacks.state,
+        )
+        self.evaluator = make_evaluator(self, eval_dataset)
         # -- run state (what a checkpoint holds) ------------------------------------------------
         self.step = 0
         self.policy_version = 0
@@ -346,19 +362,34 @@ class MPOTrainer:
         progress = Progress(args.train.max_steps, enabled=args.log.progress, start=self.step)
         if resume_step is not None:
             progress.message(f"resumed from {self.last_checkpoint} (step {self.step}, rubric v{self.rubric_version.version})")
+        self.callbacks.train_begin()
         try:
             while self.step < args.train.max_steps:
                 row = self.train_step(self.step + 1)
                 self.step += 1
+                if self.evaluator is not None:
+                    row.update(self.evaluator.maybe_run(self.step))
                 self.run_log.metrics(row)
                 progress.step(row)
                 save_steps = args.log.save_steps
-                if (save_steps and self.step % save_steps == 0) or self.step == args.train.max_steps:
+                saved = (save_steps and self.step % save_steps == 0) or self.step == args.train.max_steps
+                if saved:
                     self.save_checkpoint()
+                if self.callbacks.step_end(self.step, row, saved=bool(saved)):
+                    if not saved:
+                        self.save_checkpoint()  # a stopped run can be resumed from where it stopped
+                    break
         finally:
             progress.close()
             self.run_log.close()
+        self.callbacks.train_end()
         return self.summary(time.perf_counter() - started)
+
+    def evaluate(self) -> dict[str, Any]:
+        """Generate for the eval set and judge it now (eval/* metrics), as transformers' Trainer.evaluate."""
+        if self.evaluator is None:
+            raise ValueError("there is no eval set; pass eval_dataset=... to MPOTrainer (or set task.eval_split)")
+        return self.evaluator.run(self.step)
 
     def start_run(self) -> int | None:
         """Prepare output_dir and the run state: a fresh rubric store, or everything the newest
@@ -410,6 +441,7 @@ class MPOTrainer:
             scored = stages.judge(
                 self.judge, self._run_async, rollouts, prompts, rubric, self.task,
                 rule_weight=args.task.rule_weight, missing_eos_penalty=args.rollout.missing_eos_penalty,
+                reward_funcs=self.reward_funcs,
             )
         judge_s = time.perf_counter() - t0
         self.count_judgements(step, scored)

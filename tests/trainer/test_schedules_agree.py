@@ -2,8 +2,9 @@
 
 The serial loop (MPOTrainer.train_step), the pipelined serial and overlapped schedules and the
 data-parallel trainer (world size 1) write metrics.jsonl rows and samples.jsonl records with the same
-keys; PPO and KL-in-the-reward run on the overlapped schedule, identical to the pipelined serial one
-at max_staleness=0 and against the behaviour log-probs at max_staleness=1."""
+keys (with the TRL users' API too: reward functions, an eval set, callbacks); PPO and KL-in-the-reward
+run on the overlapped schedule, identical to the pipelined serial one at max_staleness=0 and against
+the behaviour log-probs at max_staleness=1."""
 from __future__ import annotations
 
 import zlib
@@ -29,11 +30,29 @@ def _judge():
     return SyntheticJudge(fail_when=lambda call, i, req: zlib.crc32(req.response.encode()) % 5 == 0)
 
 
-def _trainer(root, tokenizer, cls=MPOTrainer, **cfg):
+def _trainer(root, tokenizer, cls=MPOTrainer, trl=None, **cfg):
     return cls(
         tiny_causal_lm(tokenizer, seed=0), args=tiny_config(root, **cfg), train_dataset=PROMPTS,
         judge=_judge(), meta_judge=AppendingMetaJudge(), processing_class=tokenizer, task=ShortEssayTask(),
+        **(trl() if trl is not None else {}),
     )
+
+
+def short_reward(completions, **kwargs):
+    return [1.0 / (1 + len(c)) for c in completions]
+
+
+class Recorder:
+    """Which steps ended and at which steps a new rubric was installed, per run."""
+
+    def __init__(self):
+        self.steps, self.evolved = [], []
+
+    def on_step_end(self, trainer, step, metrics):
+        self.steps.append(step)
+
+    def on_evolve(self, trainer, step, rubric_version):
+        self.evolved.append((step, rubric_version.version))
 
 
 def _keys(root):
@@ -46,7 +65,7 @@ def _keys(root):
     return rows, samples, set(next(iter(row_keys))), set(next(iter(sample_keys)))
 
 
-def _run_data_parallel(root, tokenizer, monkeypatch, **cfg):
+def _run_data_parallel(root, tokenizer, monkeypatch, trl=None, **cfg):
     import torch.distributed as dist
 
     from mpo_fast.trainer import data_parallel
@@ -58,7 +77,7 @@ def _run_data_parallel(root, tokenizer, monkeypatch, **cfg):
     root.mkdir(parents=True, exist_ok=True)
     dist.init_process_group("gloo", init_method=f"file://{root / 'store'}", rank=0, world_size=1)
     try:
-        trainer = _trainer(root, tokenizer, cls=data_parallel.make_distributed_trainer_class(), **cfg)
+        trainer = _trainer(root, tokenizer, cls=data_parallel.make_distributed_trainer_class(), trl=trl, **cfg)
         trainer.train()
     finally:
         dist.destroy_process_group()
@@ -89,6 +108,47 @@ def test_every_schedule_writes_the_same_fields(tmp_path, tokenizer, monkeypatch)
         assert all(s["judge_error"] for s in samples if not s["valid"]), name
     assert {r["pipeline"] for r in runs["overlapped"][0]} == {"overlapped"}
     assert {r["world_size"] for r in runs["dp"][0]} == {1}
+
+
+def test_every_schedule_writes_the_trl_api_fields_and_calls_the_callbacks(tmp_path, tokenizer, monkeypatch):
+    # reward functions, an eval set judged every step and callbacks: the rewards/<name>/*, eval/* and
+    # per-sample func_rewards fields are the same on every schedule, and on_step_end / on_evolve fire
+    # on every schedule (the pipelined ones install rubrics in TrainerStages, not _maybe_evolve)
+    cfg = dict(train={"max_steps": 4, "eval_steps": 1}, meta={"interval": 2})
+    recorders = {}
+
+    def trl(name):
+        def extra():
+            recorders[name] = Recorder()
+            return dict(reward_funcs=[short_reward], reward_weights=[0.5], eval_dataset=PROMPTS[:2],
+                        callbacks=[recorders[name]])
+        return extra
+
+    _trainer(tmp_path / "serial", tokenizer, trl=trl("serial"), **cfg).train()
+    _trainer(tmp_path / "overlapped", tokenizer, trl=trl("overlapped"),
+             pipeline={"mode": "overlapped", "max_staleness": 1, "rubric_swap": "next_step", **FAST}, **cfg).train()
+    train_pipelined(_trainer(tmp_path / "pipelined_serial", tokenizer, trl=trl("pipelined_serial"), **cfg),
+                    PipelineSettings(mode="serial", max_staleness=0, **FAST))
+    _run_data_parallel(tmp_path / "dp", tokenizer, monkeypatch, trl=trl("dp"), **cfg)
+
+    runs = {name: _keys(tmp_path / name) for name in ("serial", "overlapped", "pipelined_serial", "dp")}
+    _, _, row_keys, sample_keys = runs["serial"]
+    assert {"rewards/short_reward/mean", "rewards/short_reward/std", "eval/reward_mean",
+            "eval/rewards/short_reward/mean"} <= row_keys and "func_rewards" in sample_keys
+    for name, (rows, samples, rk, sk) in runs.items():
+        assert rk == row_keys, (name, sorted(rk ^ row_keys))
+        assert sk == sample_keys, (name, sorted(sk ^ sample_keys))
+        for row in rows:  # the row's function mean is over its own step's samples
+            values = [s["func_rewards"]["short_reward"] for s in samples if s["step"] == row["step"]]
+            assert row["rewards/short_reward/mean"] == pytest.approx(sum(values) / len(values)), (name, row["step"])
+            assert row["eval/samples"] == 2 * 4, name
+        for s in samples:  # 0.5 x the function plus the judge's reward, where the judgement succeeded
+            if s["valid"]:
+                assert s["reward"] == pytest.approx(s["judge_reward"] + 0.5 * short_reward([s["response"]])[0]), name
+        rec = recorders[name]
+        assert rec.steps == [1, 2, 3, 4], name
+        installed = sorted({r["rubric_version_next"] for r in rows} - {rows[0]["rubric_version"]})
+        assert installed and [v for _, v in rec.evolved] == installed, (name, rec.evolved)
 
 
 @pytest.mark.parametrize("train", [

@@ -17,7 +17,7 @@ from torch.profiler import record_function
 from .base import PipelineBase
 from .batch_assembly import build_batch
 from .common import check_batch, evolve_due, returns_awaitable
-from .errors import PipelineError
+from .errors import PipelineError, ShutdownRequested
 from .protocol import PipelineStages, ScoredSample
 from .report import PipelineReport
 from .settings import PipelineSettings
@@ -75,6 +75,8 @@ class SerialPipeline(PipelineBase):
                     self.stages.checkpoint(step + 1, version, rubric)
         except PipelineError:
             raise
+        except ShutdownRequested:  # a callback stopped the run after a checkpoint, as the overlapped schedule
+            pass
         except BaseException as e:  # noqa: BLE001 - reported as the failing stage, like the overlapped schedule
             self.board.fail(stage, e)
             raise self.board.as_pipeline_error() from e

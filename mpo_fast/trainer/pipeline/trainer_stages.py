@@ -17,6 +17,7 @@ judge and train on identical batches.
 """
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import inspect
 import threading
@@ -29,12 +30,14 @@ from ...judges.types import Judgement
 from ...ops.advantages import group_advantages
 from ...rollout import HFRollout, Rollout
 from ...rubrics import Rubric
+from .. import reward_funcs
 from .. import stages as trainer_stages
+from ..eval_loop import pipeline_eval
 from ..step_record import StepTimings, unanswered_judgement
 from ..trainer import JudgeFailureRateError
 from . import make_pipeline
 from .common import RecentSamples
-from .errors import JudgeFailureError
+from .errors import JudgeFailureError, ShutdownRequested
 from .protocol import PromptItem, ScoredBatch, ScoredSample
 from .report import PipelineReport
 from .settings import PipelineConfigError, PipelineSettings
@@ -48,6 +51,7 @@ class _JudgeItem:
     example: Any  # TaskExample
     text: str
     step: int  # 0-based, for the step's judge time
+    completion_ids: list[int] = dataclasses.field(default_factory=list)  # what reward functions get (TRL's argument)
 
 
 @dataclasses.dataclass
@@ -87,6 +91,7 @@ class CombinedJudgement:
     reward: float | None
     judge_reward: float | None
     rule_reward: float | None
+    func_rewards: dict = dataclasses.field(default_factory=dict)  # reward_funcs' values for this sample
 
     @property
     def ok(self) -> bool:
@@ -118,6 +123,8 @@ class TrainerStages:
                 "(judge.backend=openai, or judge.model=embedded / a model directory)"
             )
         self._sampler_lock = threading.Lock()
+        self.generate_lock = threading.Lock()  # rollout generation and evaluation (eval_loop.py) take turns
+        self.judge_loop: asyncio.AbstractEventLoop | None = None  # the loop judging runs on (evaluation uses it)
         self._sampler_states: dict[int, dict] = {}
         self._snapshot: dict | None = None
         self._snapshot_lock = threading.Lock()
@@ -199,8 +206,9 @@ class TrainerStages:
         t0 = time.perf_counter()
         for p in prompts:  # one seed per (run, step, prompt): samples independent of thread and chunking
             sampling = dataclasses.replace(t.sampling, seed=(t.args.seed * 1_000_003 + step * 7919 + p.index) % 2**31)
-            rollouts = trainer_stages.generate(self.rollout, [p.example], n=self.group_size, sampling=sampling,
-                                               policy_version=policy_version)
+            with self.generate_lock:
+                rollouts = trainer_stages.generate(self.rollout, [p.example], n=self.group_size, sampling=sampling,
+                                                   policy_version=policy_version)
             out += [dataclasses.replace(r, prompt_index=len(out) // self.group_size) for r in rollouts]
         self._clock(step).generate_s += time.perf_counter() - t0
         return out
@@ -263,7 +271,12 @@ class TrainerStages:
 
     def _step_inputs(self, samples: list[ScoredSample]) -> tuple[list[Rollout], list, trainer_stages.ScoredRollouts]:
         """(rollouts, the trainer's prompt per sample, ScoredRollouts) of samples in batch order; a
-        sample the pipeline gave up on (judge timeout) is a failed judgement, masked."""
+        sample the pipeline gave up on (judge timeout) is a failed judgement, masked, and has no
+        reward-function values (None, as a function that does not apply)."""
+        funcs = getattr(self.trainer, "reward_funcs", None)
+        # every configured function by name, so the row's rewards/<name>/* keys do not depend on
+        # which samples were judged (a batch of timeouts still has them, as None)
+        func_rewards: dict[str, list] = {name: [] for name in (funcs.names if funcs is not None else ())}
         judgements, judge_rewards, rule_rewards, rewards = [], [], [], []
         for s in samples:
             cj = s.judgement
@@ -275,11 +288,13 @@ class TrainerStages:
                 judgements.append(cj.judgement)
                 judge_rewards.append(cj.judge_reward)
                 rule_rewards.append(cj.rule_reward)
+            for name, values in func_rewards.items():
+                values.append(None if cj is None else cj.func_rewards.get(name))
             rewards.append(s.reward)
         scored = trainer_stages.ScoredRollouts(
             rewards=torch.tensor([0.0 if r is None else r for r in rewards], dtype=torch.float32),
             valid=torch.tensor([r is not None for r in rewards], dtype=torch.bool),
-            judgements=judgements, judge_rewards=judge_rewards, rule_rewards=rule_rewards,
+            judgements=judgements, judge_rewards=judge_rewards, rule_rewards=rule_rewards, func_rewards=func_rewards,
         )
         return [s.rollout for s in samples], [s.prompt.example for s in samples], scored
 
@@ -293,19 +308,33 @@ class TrainerStages:
     def checkpoint(self, step: int, rubric_version: int, rubric) -> None:
         t = self.trainer
         t.end_step(step, rubric)
+        row = None
         if getattr(t, "run_log", None) is not None:
             if self.samples_log:
                 t.run_log.samples(self.samples_log)
                 self.samples_log = []
             if self._pending is not None:
-                row = self._row(self._pending, getattr(rubric, "version", rubric_version))
+                # eval/* when train.eval_steps is due, as the serial loop adds them (eval_loop.py)
+                row = {**self._row(self._pending, getattr(rubric, "version", rubric_version)), **pipeline_eval(self, step)}
                 t.run_log.metrics(row)
                 if self.progress is not None:
                     self.progress.step(row)
                 self._pending = None
         save_steps = t.args.log.save_steps
-        if not ((save_steps and step % save_steps == 0) or step == t.args.train.max_steps):
-            return
+        saved = bool((save_steps and step % save_steps == 0) or step == t.args.train.max_steps)
+        installed = getattr(rubric, "version", rubric_version)
+        if saved:
+            self._save(step, installed)
+        # After the save decision, as the serial loop (MPOTrainer.train); on_evolve fires here too
+        # when end_step installed a new rubric (callbacks.step_end compares versions).
+        callbacks = getattr(t, "callbacks", None)
+        if callbacks and row is not None and callbacks.step_end(step, row, saved=saved):
+            if not saved:
+                self._save(step, installed)  # a stopped run can be resumed from where it stopped
+            raise ShutdownRequested(f"a callback set control.should_training_stop after step {step}")
+
+    def _save(self, step: int, installed_version: int) -> None:
+        t = self.trainer
         # The producer may have drawn prompts for later steps already: the checkpoint records the
         # sampler as it was before step `step` was drawn, so a resumed run draws the same prompts.
         with self._sampler_lock:
@@ -316,7 +345,7 @@ class TrainerStages:
                 # the samples the uninterrupted run's would (steps in flight are drawn again).
                 window = None if self.window is None else self.window.state(self._sample_state, up_to_step=step - 1)
                 t.save_checkpoint(extra_state={"meta_window": window,
-                                               "meta_pending_step": self._pending_meta(getattr(rubric, "version", rubric_version))})
+                                               "meta_pending_step": self._pending_meta(installed_version)})
             finally:
                 t.sampler.load_state_dict(current)
             for old in [k for k in self._sampler_states if k < step]:
@@ -329,28 +358,36 @@ class TrainerStages:
         ex = sample.prompt.example.example
         request = JudgeRequest(prompt=sample.prompt.prompt_text, response=sample.rollout.text,
                                rubric=sample.rubric.rubric, reference=ex.reference)
-        return _JudgeItem(request, sample.rollout.finished, ex, sample.rollout.text, sample.step)
+        return _JudgeItem(request, sample.rollout.finished, ex, sample.rollout.text, sample.step,
+                          list(sample.rollout.completion_ids))
 
     async def judge(self, items: list[_JudgeItem]) -> list[CombinedJudgement]:
+        """The judge's verdicts combined with the rule reward and the reward functions by the same
+        reward_funcs.combine as stages.judge (the serial loop's): one reward rule for every schedule."""
         t, a = self.trainer, self.trainer.args
+        self.judge_loop = asyncio.get_running_loop()  # evaluation judges here too (eval_loop.pipeline_eval)
         clocks = [self._clock(step) for step in sorted({i.step for i in items})]
         started = time.perf_counter()
         try:
             judgements = await t.judge.judge([i.request for i in items])
-        finally:
+            judged = [j.reward if j.ok else None for j in judgements]
+            rules = [t.task.rule_reward(i.example, i.text) if a.task.rule_weight > 0 else None for i in items]
+            components = [trainer_stages.combine_reward(jr, rule, rule_weight=a.task.rule_weight, finished=True,
+                                                        missing_eos_penalty=0.0) for jr, rule in zip(judged, rules)]
+            funcs = getattr(t, "reward_funcs", None)
+            per_func = await reward_funcs.call_funcs_async(funcs, reward_funcs.func_kwargs(
+                [i.example for i in items], [i.text for i in items], [i.completion_ids for i in items]), len(items)) \
+                if funcs is not None else {}
+        finally:  # the span of the step's judge calls, reward functions included (as the serial judge_s)
             ended = time.perf_counter()
             with self._clocks_lock:
                 for c in clocks:
                     c.judge_start = started if c.judge_start is None else min(c.judge_start, started)
                     c.judge_end = ended if c.judge_end is None else max(c.judge_end, ended)
-        out = []
-        for item, j in zip(items, judgements):
-            judged = j.reward if j.ok else None
-            rule = t.task.rule_reward(item.example, item.text) if a.task.rule_weight > 0 else None
-            reward = trainer_stages.combine_reward(judged, rule, rule_weight=a.task.rule_weight, finished=item.finished,
-                                                   missing_eos_penalty=a.rollout.missing_eos_penalty)
-            out.append(CombinedJudgement(j, reward, judged, rule))
-        return out
+        rewards = reward_funcs.combine(funcs, components, per_func, finished=[i.finished for i in items],
+                                       missing_eos_penalty=a.rollout.missing_eos_penalty)
+        return [CombinedJudgement(j, reward, jr, rule, {name: v[k] for name, v in per_func.items()})
+                for k, (j, reward, jr, rule) in enumerate(zip(judgements, rewards, judged, rules))]
 
     def advantages(self, batch: ScoredBatch) -> torch.Tensor:
         """The protocol's judge-side advantages (the pipeline's report and stream hand-off). The
@@ -471,14 +508,15 @@ class TrainerStages:
             "rubric_version": s.rubric_version, "judge_error": s.judge_error,
             "judgement": None if cj is None else {
                 "judgement": cj.judgement.to_dict(), "cached": cj.judgement.cached, "reward": cj.reward,
-                "judge_reward": cj.judge_reward, "rule_reward": cj.rule_reward,
+                "judge_reward": cj.judge_reward, "rule_reward": cj.rule_reward, "func_rewards": dict(cj.func_rewards),
             },
         }
 
     def _sample_from_state(self, d: dict) -> ScoredSample:
         j = d["judgement"]
         judgement = None if j is None else CombinedJudgement(
-            Judgement.from_dict(j["judgement"], cached=j["cached"]), j["reward"], j["judge_reward"], j["rule_reward"])
+            Judgement.from_dict(j["judgement"], cached=j["cached"]), j["reward"], j["judge_reward"], j["rule_reward"],
+            j.get("func_rewards", {}))  # a checkpoint written before reward functions existed has none
         return ScoredSample(step=d["step"], slot=d["slot"], prompt=self._prompt_item(d["prompt"]),
                             rollout=Rollout(**d["rollout"]), rubric_version=d["rubric_version"],
                             rubric=self.trainer.store.get(d["rubric_version"]), judgement=judgement,
@@ -539,8 +577,11 @@ def train_pipelined(trainer, settings: PipelineSettings | None = None, *, device
         pipeline = make_pipeline(stages, settings, rubric=trainer.rubric_version, rubric_version=trainer.rubric_version.version,
                                  start_step=start, device=device)
         stages.attach_window(pipeline.recent)
+        trainer.callbacks.train_begin()
         with torch_threads(stage_threads(settings.mode, device or str(trainer.device))):  # see trainer/threads.py
-            return pipeline.run(a.train.max_steps - start)
+            report = pipeline.run(a.train.max_steps - start)
+        trainer.callbacks.train_end()
+        return report
     finally:
         stages.progress.close()
         trainer.run_log.close()
