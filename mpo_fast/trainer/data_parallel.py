@@ -316,8 +316,11 @@ def make_distributed_trainer_class():
             if args.rollout.backend == "vllm":
                 raise ValueError("rollout.backend=vllm is not supported under torchrun yet (one engine per rank needs "
                                  "vLLM's external launcher); use rollout.backend=remote with vLLM servers, or hf")
-            if args.pipeline.mode != "serial":
-                raise ValueError("pipeline.mode=overlapped runs in one process; with torchrun use pipeline.mode=serial")
+            if args.pipeline.mode == "overlapped" and self.mode == "fsdp2":
+                # The producer thread would generate on the sharded policy, whose forward all-gathers
+                # parameters: collectives off the trainer thread, in an order no other rank shares.
+                raise ValueError("pipeline.mode=overlapped runs under torchrun with train.distributed=ddp (LoRA, or a "
+                                 "policy that fits every GPU); with fsdp2 use pipeline.mode=serial")
             if args.train.algorithm != "grpo":
                 # PPOUpdater has no data-parallel gradient sum and the value head is not broadcast:
                 # ranks would silently diverge.
@@ -394,6 +397,7 @@ def make_distributed_trainer_class():
                     state = ckpt.load_checkpoint(path, model=self.model, optimizer=self.optimizer,
                                                  scheduler=self.scheduler, world_size=None)
                 self.last_checkpoint = path
+                self.restored_state = state  # the overlapped schedule's meta window and pending refinement
                 if ctx.is_main:
                     self._load_state(state)
             version = checked_rubric(run_on_main(ctx, lambda: self.rubric_version, "loading the rubric"), ctx)

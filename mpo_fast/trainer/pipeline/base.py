@@ -55,6 +55,22 @@ class PipelineBase:
         finally:
             clock.leave(calls)
 
+    def _agree_rubric(self, step: int, swap):
+        """The rubric swap at boundary `step` every rank makes: the stages' optional
+        `agree_rubric(step, swap, board)` (data parallel: rank 0's swap, or none, broadcast and
+        installed on every rank's board at this same boundary); one process: `swap` as is."""
+        agree = getattr(self.stages, "agree_rubric", None)
+        return swap if agree is None else agree(step, swap, self.rubrics)
+
+    def _rubric_for_step(self, step: int):
+        """(version, rubric) step `step` is produced with. Data parallel (`stages.lockstep_rubric`):
+        the one in force after boundary step - max_staleness - 1, the newest the staleness gate
+        guarantees every rank has installed when it starts the step, so all ranks pick the same
+        whatever their threads' timing; one process: the newest installed."""
+        if getattr(self.stages, "lockstep_rubric", False):
+            return self.rubrics.as_of(step - self.settings.max_staleness - 1)
+        return self.rubrics.current()
+
     def _finish_report(self, report: PipelineReport, wall_s: float) -> None:
         report.wall_s = wall_s
         report.stages = {name: c.stats(wall_s) for name, c in self.clocks.items()}

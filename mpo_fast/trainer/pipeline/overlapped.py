@@ -122,7 +122,7 @@ class OverlappedPipeline(PipelineBase):
                     got = self.stages.sync_rollout_weights(latest)
                 # A stage may report that it loaded an even newer published version.
                 loaded = got if isinstance(got, int) and got >= latest else latest
-            rubric_version, rubric = self.rubrics.current()
+            rubric_version, rubric = self._rubric_for_step(step)
             prompts = list(self.stages.step_prompts(step))
             if not prompts:
                 raise ValueError(f"step_prompts({step}) returned no prompts")
@@ -255,7 +255,7 @@ class OverlappedPipeline(PipelineBase):
         s = self.settings
         if self._meta is not None and s.rubric_swap == "next_step" and self._meta_started_at_step == step - 1:
             self._wait_meta()
-        swap = self.rubrics.swap_at_boundary(step)
+        swap = self._agree_rubric(step, self.rubrics.swap_at_boundary(step))
         if swap is not None:
             log.info("mpo_fast pipeline: rubric v%d installed after step %d", swap.version, step)
         deferred = self._meta_deferred and step + 1 < self._end
@@ -269,6 +269,8 @@ class OverlappedPipeline(PipelineBase):
 
     # ------------------------------------------------------------------ meta-judge (background)
     def _launch_meta(self, step: int) -> None:
+        if not getattr(self.stages, "runs_meta", True):
+            return  # a data-parallel rank other than 0: it installs rank 0's rubric (_agree_rubric)
         if self._meta is not None and not self._meta.done():
             log.warning("mpo_fast pipeline: meta-judge from step %s still running at step %d; skipping this one",
                         self._meta_started_at_step, step)

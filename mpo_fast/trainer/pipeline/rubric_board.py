@@ -25,6 +25,7 @@ class RubricBoard:
         self._version = version
         self._rubric = rubric
         self._staged: Any = None
+        self._initial = (version, rubric)
         self.history: list[RubricSwap] = []
 
     def current(self) -> tuple[int, Any]:
@@ -49,5 +50,26 @@ class RubricBoard:
             self._version += 1
             self._rubric, self._staged = self._staged, None
             swap = RubricSwap(self._version, step, self._rubric)
+            self.history.append(swap)
+            return swap
+
+    def as_of(self, boundary: int) -> tuple[int, Any]:
+        """The (version, rubric) in force after boundary `boundary` (swaps at later boundaries
+        ignored): what a step produced under the staleness gate uses when every rank must pick the
+        same rubric whatever its threads' timing (data parallel: see pipeline/overlapped.py)."""
+        with self._lock:
+            installed = [s for s in self.history if s.step <= boundary]
+            if not installed:
+                return self._initial
+            return installed[-1].version, installed[-1].rubric
+
+    def install(self, version: int, rubric: Any, step: int) -> RubricSwap:
+        """Install rank 0's broadcast rubric as `version` at boundary `step` (a data-parallel rank
+        other than 0 never stages: it installs exactly what rank 0 installed, at the same boundary)."""
+        with self._lock:
+            if version <= self._version:
+                raise ValueError(f"rubric v{version} installed after v{self._version}: versions only move forward")
+            self._version, self._rubric, self._staged = version, rubric, None
+            swap = RubricSwap(version, step, rubric)
             self.history.append(swap)
             return swap

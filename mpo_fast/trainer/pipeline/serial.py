@@ -46,7 +46,7 @@ class SerialPipeline(PipelineBase):
             pending = resume_meta() if resume_meta is not None else None
             if pending is not None:  # a checkpoint written by the overlapped schedule mid-refinement
                 stage = "meta-judge"
-                self._evolve(loop, pending)
+                self._agree_rubric(pending, self._evolve(loop, pending))
             for step in range(self.start_step, self.start_step + num_steps):
                 stage = "rollout"
                 samples = self._generate(step)
@@ -67,8 +67,10 @@ class SerialPipeline(PipelineBase):
                 self.gate.publish(step + 1)
                 report.record_batch(batch, staleness, metrics, time.monotonic() - t0)
                 stage = "meta-judge"
+                swap = None
                 if evolve_due(self.stages, self.settings.evolve_every, step + 1, self.start_step + num_steps):
-                    self._evolve(loop, step)
+                    swap = self._evolve(loop, step)
+                self._agree_rubric(step, swap)
                 stage = "trainer"
                 with self.clocks["trainer"].busy():
                     version, rubric = self.rubrics.current()
@@ -128,11 +130,13 @@ class SerialPipeline(PipelineBase):
         await self._judge_sample(sample)
         self.recent.add(sample)
 
-    def _evolve(self, loop: asyncio.AbstractEventLoop, step: int) -> None:
+    def _evolve(self, loop: asyncio.AbstractEventLoop, step: int):
+        if not getattr(self.stages, "runs_meta", True):
+            return None  # a data-parallel rank other than 0: it installs rank 0's rubric (_agree_rubric)
         version, rubric = self.rubrics.current()
         samples = self.recent.snapshot(version, self.settings.mpo_samples, step)
         if not samples:
-            return
+            return None
         self._meta_runs += 1
         launched = getattr(self.stages, "meta_launched", None)
         if launched is not None:
@@ -142,6 +146,7 @@ class SerialPipeline(PipelineBase):
                 new = loop.run_until_complete(self.stages.evolve(rubric, samples, step))
             else:
                 new = self.stages.evolve(rubric, samples, step)
-        if new is not None:
-            self.rubrics.stage(new)
-            self.rubrics.swap_at_boundary(step)
+        if new is None:
+            return None
+        self.rubrics.stage(new)
+        return self.rubrics.swap_at_boundary(step)

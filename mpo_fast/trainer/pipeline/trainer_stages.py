@@ -122,6 +122,14 @@ class TrainerStages:
                 "happen while the trainer updates them; with pipeline.mode=overlapped use a separate judge "
                 "(judge.backend=openai, or judge.model=embedded / a model directory)"
             )
+        # Data parallel (torchrun): every collective is issued from the trainer thread, in the same
+        # order on every rank (update, step boundary, checkpoint); the producer and judge threads
+        # never issue one. Only rank 0 runs the meta-judge; at each boundary it broadcasts the rubric
+        # it installs and every rank installs exactly that one (agree_rubric).
+        ctx = getattr(trainer, "dist", None)
+        self.dist = ctx
+        self.lockstep_rubric = ctx is not None  # read by the pipeline (PipelineBase._rubric_for_step)
+        self.runs_meta = ctx is None or ctx.is_main
         self._sampler_lock = threading.Lock()
         self.generate_lock = threading.Lock()  # rollout generation and evaluation (eval_loop.py) take turns
         self.judge_loop: asyncio.AbstractEventLoop | None = None  # the loop judging runs on (evaluation uses it)
@@ -250,6 +258,8 @@ class TrainerStages:
             t.count_judgements(step, scored)
         except JudgeFailureRateError as e:  # the pipeline's name for it (CLI exit status 3 either way)
             raise JudgeFailureError("judge", str(e)) from e
+        if self.dist is not None:
+            self._gather_window(batch.samples)
         t0 = time.perf_counter()
         # A batch sampled by an older policy takes its ratio (and its KL-in-reward k1) against the
         # behaviour log-probs; the weights then have the version of the step count (the gate's).
@@ -268,6 +278,42 @@ class TrainerStages:
         return {"loss": update.loss, "grad_norm": update.grad_norm, "lr": update.lr,
                 "valid_samples": float(int(scored.valid.sum())), "update_s": update_s,
                 **{k: float(v) for k, v in update.metrics.items()}}
+
+    def _gather_window(self, samples: list[ScoredSample]) -> None:
+        """Data parallel: every rank's samples of the step into rank 0's meta-judge window (its own
+        are there since they were judged), so the meta-judge reads the whole global step, as the
+        serial data-parallel path's GatheredMetaBuffer; slots shifted by each rank's share, the
+        order of one process running the global batch."""
+        from ..distributed import all_gather, shard_range
+
+        parts = all_gather([self._sample_state(s) for s in samples])
+        if not self.dist.is_main or self.window is None:
+            return
+        for rank, rows in enumerate(parts[1:], start=1):
+            offset = shard_range(self.prompts_per_step, rank, self.dist.world_size)[0]
+            for d in rows:
+                self.window.add(self._sample_from_state({**d, "slot": d["slot"] + offset}))
+
+    def agree_rubric(self, step: int, swap, board):
+        """Data parallel: the rubric swap at boundary `step` (0-based update index) on every rank.
+        Rank 0 broadcasts the one it installed (version, RubricVersion) or None; every rank checks
+        the hash, and the others install exactly it on their board, at this same boundary."""
+        ctx = self.dist
+        if ctx is None:
+            return swap
+        from ..data_parallel import checked_rubric
+        from ..distributed import run_on_main
+
+        got = run_on_main(ctx, lambda: None if swap is None else (swap.version, swap.rubric),
+                          f"broadcasting the rubric at the boundary after step {step + 1}")
+        if got is None:
+            return None
+        version, rubric = got
+        checked_rubric(rubric, ctx)
+        if ctx.is_main:
+            return swap
+        self.trainer.store.add(rubric)
+        return board.install(version, rubric, step)
 
     def _step_inputs(self, samples: list[ScoredSample]) -> tuple[list[Rollout], list, trainer_stages.ScoredRollouts]:
         """(rollouts, the trainer's prompt per sample, ScoredRollouts) of samples in batch order; a
@@ -310,7 +356,7 @@ class TrainerStages:
         t.end_step(step, rubric)
         row = None
         if getattr(t, "run_log", None) is not None:
-            if self.samples_log:
+            if self.samples_log or self.dist is not None:  # data parallel: a gather every rank joins
                 t.run_log.samples(self.samples_log)
                 self.samples_log = []
             if self._pending is not None:
@@ -498,7 +544,9 @@ class TrainerStages:
         trainer resumed from, if it holds one."""
         self.window = window
         state = self.trainer.restored_state
-        if state is not None and state.get("meta_window") is not None:
+        # A data-parallel rank other than 0 never reads it (no meta-judge), nor holds the rubric
+        # versions its samples name.
+        if self.runs_meta and state is not None and state.get("meta_window") is not None:
             window.load_state(state["meta_window"], self._sample_from_state)
 
     def _sample_state(self, s: ScoredSample) -> dict:
@@ -554,7 +602,7 @@ def train_pipelined(trainer, settings: PipelineSettings | None = None, *, device
     pipeline's staleness and stage timings) as MPOTrainer.train does.
     """
     from ..config import pipeline_settings
-    from ..run_log import Progress, RunLog
+    from ..run_log import Progress
     from ..threads import stage_threads, torch_threads
 
     a = trainer.args
@@ -567,7 +615,7 @@ def train_pipelined(trainer, settings: PipelineSettings | None = None, *, device
     resume_step = trainer.start_run()
     start = trainer.step
     stages = TrainerStages(trainer, settings)  # after the restore: a rollout copy starts from the restored weights
-    trainer.run_log = RunLog(a, resume_step=resume_step)
+    trainer.run_log = trainer._open_run_log(resume_step)  # data parallel: rank 0 writes, the others gather
     stages.progress = Progress(a.train.max_steps, enabled=a.log.progress, start=start)
     if resume_step is not None:
         stages.progress.message(f"resumed from {trainer.last_checkpoint} (step {start}, rubric v{trainer.rubric_version.version})")
