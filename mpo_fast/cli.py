@@ -249,6 +249,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         _error(str(exc))
         return EXIT_JUDGE_FAILURES
     except PipelineError as exc:
+        if isinstance(exc.__cause__, _peer_errors()):  # torchrun: the trainer thread's collective failed
+            _error(f"distributed run stopped: {exc.__cause__}. The last checkpoint is intact: fix the failing rank (its "
+                   "own error is in its log) and continue with resume=true on the same number of processes")
+            return EXIT_PEER_FAILED
         _error(f"pipeline stopped: {exc}. Every stage was stopped and the last checkpoint is intact: fix the cause "
                "and continue with resume=true")
         return EXIT_JUDGE_FAILURES if isinstance(exc, JudgeFailureError) else EXIT_STAGE_FAILED

@@ -108,3 +108,27 @@ def test_torchrun_runs_the_documented_lora_config_overlapped(tmp_path):
         assert {s["rubric_version"] for s in samples if s["step"] == row["step"]} == {row["rubric_version"]}
     assert [r["rubric_version"] for r in rows] == [1, 1, 1, 2]  # rank 0's refinement, scored with on both ranks
     assert (run / "checkpoints" / "step-000004" / "model" / "adapter_model.safetensors").is_file()  # DDP: rank 0 saved
+
+
+def test_a_failing_rank_stops_both_with_the_last_checkpoint_intact(tmp_path):
+    import time
+
+    from tests.distributed import workers
+    from tests.distributed.launch import COLLECTIVE_TIMEOUT_S
+
+    cfg = {"rollout": {"prompts_per_step": 2}, "meta": {"interval": 100},
+           "train": {"distributed": "ddp", "max_steps": 4}, "log": {"save_steps": 2, "save_total_limit": None},
+           "pipeline": {"mode": "overlapped", "max_staleness": 0, **FAST}}
+    # Rank 1 judges one sample per call, 4 per step: call 9 is step 3's first. Its producer starts
+    # step 3 only after boundary 2 was published, while its trainer thread is still in the step-2
+    # checkpoint with rank 0, so that checkpoint completes and no later one can.
+    started = time.monotonic()
+    crashed = run_ranks(workers.train_and_return_weights, 2, tmp_path / "ranks", str(tmp_path), cfg, True, 1, 9,
+                        timeout_s=COLLECTIVE_TIMEOUT_S + 120)
+    assert time.monotonic() - started < COLLECTIVE_TIMEOUT_S + 60
+    assert [status for status, _, _ in crashed] == ["error", "error"] and all(code != 0 for *_, code in crashed)
+    assert "injected crash on judge call 9" in crashed[1][1]
+    # Rank 0's trainer thread learns it from the broken collective (the CLI's exit status 5).
+    assert crashed[0][1].startswith("PipelineError: ") and "another rank stopped" in crashed[0][1], crashed[0][1]
+    checkpoints = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
+    assert checkpoints == ["step-000002"]
