@@ -110,25 +110,44 @@ def test_torchrun_runs_the_documented_lora_config_overlapped(tmp_path):
     assert (run / "checkpoints" / "step-000004" / "model" / "adapter_model.safetensors").is_file()  # DDP: rank 0 saved
 
 
-def test_a_failing_rank_stops_both_with_the_last_checkpoint_intact(tmp_path):
+def test_a_failing_rank_stops_both_and_the_resumed_run_equals_the_uninterrupted_one(tmp_path):
     import time
 
     from tests.distributed import workers
     from tests.distributed.launch import COLLECTIVE_TIMEOUT_S
 
-    cfg = {"rollout": {"prompts_per_step": 2}, "meta": {"interval": 100},
+    # meta.interval=2 with rubric_swap=next_step: the refinement launched after step 2 is still
+    # pending in the step-2 checkpoint, so the resumed run relaunches it on rank 0's restored window
+    # (every rank's samples: AppendingMetaJudge's rubric names how many it read).
+    cfg = {"rollout": {"prompts_per_step": 2}, "meta": {"interval": 2, "min_steps_between": 1},
            "train": {"distributed": "ddp", "max_steps": 4}, "log": {"save_steps": 2, "save_total_limit": None},
-           "pipeline": {"mode": "overlapped", "max_staleness": 0, **FAST}}
+           "pipeline": {"mode": "overlapped", "max_staleness": 0, "rubric_swap": "next_step", **FAST}}
+    full = all_ok(run_ranks(workers.train_and_return_weights, 2, tmp_path / "a", str(tmp_path / "full"), cfg, True))
+
     # Rank 1 judges one sample per call, 4 per step: call 9 is step 3's first. Its producer starts
     # step 3 only after boundary 2 was published, while its trainer thread is still in the step-2
     # checkpoint with rank 0, so that checkpoint completes and no later one can.
     started = time.monotonic()
-    crashed = run_ranks(workers.train_and_return_weights, 2, tmp_path / "ranks", str(tmp_path), cfg, True, 1, 9,
+    crashed = run_ranks(workers.train_and_return_weights, 2, tmp_path / "b", str(tmp_path / "cut"), cfg, True, 1, 9,
                         timeout_s=COLLECTIVE_TIMEOUT_S + 120)
     assert time.monotonic() - started < COLLECTIVE_TIMEOUT_S + 60
     assert [status for status, _, _ in crashed] == ["error", "error"] and all(code != 0 for *_, code in crashed)
     assert "injected crash on judge call 9" in crashed[1][1]
     # Rank 0's trainer thread learns it from the broken collective (the CLI's exit status 5).
     assert crashed[0][1].startswith("PipelineError: ") and "another rank stopped" in crashed[0][1], crashed[0][1]
-    checkpoints = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
+    checkpoints = sorted(p.name for p in (tmp_path / "cut" / "run" / "checkpoints").iterdir())
     assert checkpoints == ["step-000002"]
+
+    resumed = all_ok(run_ranks(workers.train_and_return_weights, 2, tmp_path / "c", str(tmp_path / "cut"),
+                               {**cfg, "resume": True}, True))
+    for name, w in full[0]["weights"].items():
+        assert torch.equal(resumed[0]["weights"][name], w), name
+        assert torch.equal(resumed[1]["weights"][name], w), name
+    assert resumed[0]["rubric"] == resumed[1]["rubric"] == full[0]["rubric"]
+    full_rows = read_jsonl(tmp_path / "full" / "run" / "metrics.jsonl")
+    resumed_rows = read_jsonl(tmp_path / "cut" / "run" / "metrics.jsonl")
+    assert [r["rubric_version"] for r in full_rows] == [1, 1, 1, 2]  # the refinement was installed after step 3
+    stored = " ".join(p.read_text() for p in (tmp_path / "full" / "run" / "rubrics").rglob("*") if p.is_file())
+    assert "analysing 16 samples" in stored  # steps 1-2 of both ranks (rank 0 alone has 4 a step): gathered
+    assert [(r["reward_mean"], r["rubric_version"]) for r in resumed_rows] == \
+        [(r["reward_mean"], r["rubric_version"]) for r in full_rows]
