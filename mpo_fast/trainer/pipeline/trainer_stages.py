@@ -286,7 +286,7 @@ class TrainerStages:
         order of one process running the global batch."""
         from ..distributed import all_gather, shard_range
 
-        parts = all_gather([self._sample_state(s) for s in samples])
+        parts = all_gather([] if self.dist.is_main else [self._sample_state(s) for s in samples])
         if not self.dist.is_main or self.window is None:
             return
         for rank, rows in enumerate(parts[1:], start=1):
