@@ -1,8 +1,11 @@
-"""In-process rollouts with Hugging Face `generate`: batched, left-padded, behaviour log-probs.
+"""In-process rollouts on a transformers model: batched, left-padded, behaviour log-probs.
 
 The policy trains and samples in the same process, so weights never need syncing. Prompts of
 different lengths are left-padded (generation appends on the right, so every row's next token
-sits in the same column). Behaviour log-probs are recorded while sampling by a logits processor
+sits in the same column). Two decoders:
+- decode="loop" (default): `decode_loop.decode`, the model's forward with a KV cache, one prefill
+  per distinct prompt shared by its n samples (see that module for what it saves and the figures);
+- decode="generate": `model.generate`. Behaviour log-probs are recorded while sampling by a logits processor
 that keeps one step of log-softmax ([rows, vocab], 8 x 49,152 x 4 B = 1.6 MB for the demo) and
 gathers the sampled token's entry at the next step; asking `generate` for `output_logits`
 instead would hold every step at once (1000 steps x 64 rows x 151,936 x 4 B = 39 GB at the
@@ -16,6 +19,7 @@ from typing import Sequence
 import torch
 
 from .base import Rollout, SamplingParams, check_prompts
+from .decode_loop import CACHES, decode_rows
 
 
 class _BehaviourLogprobRecorder:
@@ -68,11 +72,18 @@ def _eos_ids(model, tokenizer, eos_token_ids: Sequence[int] | None) -> list[int]
     return ids
 
 
-class HFRollout:
-    """RolloutBackend over `model.generate` (a transformers causal LM or a peft model).
+DECODERS = ("loop", "generate")
 
-    batch_size: rows per `generate` call (None: all n * len(prompts) at once). Generation runs in
+
+class HFRollout:
+    """RolloutBackend over a transformers causal LM or a peft model (LoRA adapters stay active).
+
+    batch_size: rows per decode call (None: all n * len(prompts) at once). Generation runs in
     eval mode under no_grad; the model's train/eval mode is restored afterwards.
+    decode: "loop" (own decode loop, faster) or "generate" (`model.generate`); cache: the loop's KV
+    cache, "dynamic" (grows by concatenation) or "static" (preallocated, written in place).
+    With greedy decoding both decoders give the same tokens; with sampling the same distribution
+    from different random streams.
     """
 
     def __init__(
@@ -83,7 +94,15 @@ class HFRollout:
         batch_size: int | None = None,
         record_logprobs: bool = True,
         eos_token_ids: Sequence[int] | None = None,
+        decode: str = "loop",
+        cache: str = "dynamic",
     ) -> None:
+        if decode not in DECODERS:
+            raise ValueError(f"decode is {decode!r}; use one of {list(DECODERS)}")
+        if cache not in CACHES:
+            raise ValueError(f"cache is {cache!r}; use one of {list(CACHES)}")
+        self.decode = decode
+        self.cache = cache
         if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
             raise ValueError(f"batch_size is {batch_size!r}; pass a positive integer or None for one batch")
         self.model = model
@@ -143,6 +162,15 @@ class HFRollout:
         return GenerationConfig(**kwargs)
 
     def _generate_chunk(self, prompts, chunk, sampling: SamplingParams, policy_version: int) -> list[Rollout]:
+        if self.decode == "loop":
+            distinct = list(dict.fromkeys(p for p, _ in chunk))
+            where = {p: i for i, p in enumerate(distinct)}
+            decoded = decode_rows(
+                self.model, [prompts[p] for p in distinct], [where[p] for p, _ in chunk], sampling,
+                eos_ids=self.eos_token_ids, pad_id=self.pad_token_id, want_logprobs=self.record_logprobs,
+                cache=self.cache)
+            logprobs = decoded.logprobs.cpu() if decoded.logprobs is not None else None
+            return self._rollouts(prompts, chunk, decoded.tokens.cpu(), logprobs, policy_version)
         device = self._device()
         width = max(len(prompts[p]) for p, _ in chunk)
         input_ids = torch.full((len(chunk), width), self.pad_token_id, dtype=torch.long)
@@ -166,7 +194,11 @@ class HFRollout:
         if not isinstance(sequences, torch.Tensor):  # return_dict_in_generate set in a model's config
             sequences = sequences.sequences
         logprobs = recorder.finish(sequences, width) if recorder is not None else None
-        new_tokens = sequences[:, width:].cpu()
+        return self._rollouts(prompts, chunk, sequences[:, width:].cpu(), logprobs, policy_version)
+
+    def _rollouts(self, prompts, chunk, new_tokens: torch.Tensor, logprobs: torch.Tensor | None,
+                  policy_version: int) -> list[Rollout]:
+        """One Rollout per row of new_tokens [rows, steps]: cut after the first EOS."""
         eos = torch.as_tensor(self.eos_token_ids)
         results = []
         for row, (p, s) in enumerate(chunk):
