@@ -73,6 +73,11 @@ class RolloutSettings:
     top_p: float = 1.0
     top_k: int = 0
     batch_size: int | None = None  # rows per generate call; None: all prompts_per_step * G at once
+    # hf: "loop" decodes with mpo_fast's own loop (one prefill per prompt shared by its G samples;
+    # faster than generate, see BENCHMARKS.md "rollout"), "generate" with transformers' generate;
+    # cache: the loop's KV cache, "dynamic" (grown per token) or "static" (preallocated).
+    decode: str = "loop"
+    cache: str = "dynamic"
     # Subtracted from the reward of a response cut at max_new_tokens (the reference used 1.0 on
     # raw sums; rewards here are in [0, 1], so 0.1-0.3 is comparable). 0: off.
     missing_eos_penalty: float = 0.0
@@ -411,6 +416,8 @@ _CHOICES = {
     "task.name": ("essay", "summarization", "ethics", "math"),
     "rollout.backend": ("hf", "vllm", "remote"),
     "rollout.server": ("vllm", "openai"),
+    "rollout.decode": ("loop", "generate"),
+    "rollout.cache": ("dynamic", "static"),
     "judge.backend": ("local", "openai"),
     "judge.scoring": ("parse", "constrained", "expected"),
     "judge.call_mode": ("all_items", "per_item"),
