@@ -38,6 +38,8 @@ def test_unknown_keys_are_rejected_with_the_valid_ones(tmp_path):
         ("train.max_steps=ten", "train.max_steps must be an integer"),
         ("train.max_steps=0", "train.max_steps is 0; it must be >= 1"),
         ("judge.scoring=freeform", "judge.scoring is 'freeform'; choose one of"),
+        ("rollout.decode=fast", "rollout.decode is 'fast'; choose one of"),
+        ("rollout.cache=paged", "rollout.cache is 'paged'; choose one of"),
         ("rollout.num_generations=1", "need at least 2 samples per prompt"),
         ("rollout.temperature=0", "greedy"),
         ("lora.enabled=false", "judge would drift"),
