@@ -111,6 +111,7 @@ def decode_rows(
     positions = mask.sum(-1, keepdim=True) - 1  # the last prompt token's position, per row
     n_rows, total = rows.numel(), width + sampling.max_new_tokens
     full_mask = torch.cat([mask, mask.new_ones(n_rows, sampling.max_new_tokens)], dim=1)
+    cache_name = next(iter(with_cache_name(model, {"past_key_values": None})))
     if cache == "static":
         kv = _static_cache(model, prefix, rows, total)
         run = step if step is not None else static_step
@@ -136,7 +137,7 @@ def decode_rows(
         positions = positions + 1
         cache_position = torch.tensor([width + t], dtype=torch.long, device=device)
         if cache == "static":
-            logits = run(model, kv, chosen[:, None], full_mask, positions, cache_position)
+            logits = run(model, kv, chosen[:, None], full_mask, positions, cache_position, cache_name)
         else:
             step_out = model(**with_cache_name(model, dict(
                 input_ids=chosen[:, None], attention_mask=full_mask[:, : width + t + 1], position_ids=positions,
@@ -146,10 +147,11 @@ def decode_rows(
 
 
 def static_step(model, kv, input_ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor,
-                cache_position: torch.Tensor) -> torch.Tensor:
+                cache_position: torch.Tensor, cache_name: str = "past_key_values") -> torch.Tensor:
     """One decode token against a StaticCache: [rows, vocab] logits. Every tensor has a fixed shape
-    (the mask covers all slots; slots not yet written are hidden by the causal rule)."""
-    out = model(**with_cache_name(model, dict(
-        input_ids=input_ids, attention_mask=mask, position_ids=positions, cache_position=cache_position,
-        past_key_values=kv, use_cache=True)))
+    (the mask covers all slots; slots not yet written are hidden by the causal rule), so
+    torch.compile traces it once. cache_name: the model's KV-cache argument (hf_compat), resolved
+    by the caller: looking it up in here would break the compiled graph."""
+    out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, cache_position=cache_position,
+                use_cache=True, **{cache_name: kv})
     return out.logits[:, -1]

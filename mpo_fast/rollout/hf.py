@@ -73,6 +73,7 @@ def _eos_ids(model, tokenizer, eos_token_ids: Sequence[int] | None) -> list[int]
 
 
 DECODERS = ("loop", "generate")
+COMPILE_MODES = ("auto", "on", "off")
 
 
 class HFRollout:
@@ -81,7 +82,9 @@ class HFRollout:
     batch_size: rows per decode call (None: all n * len(prompts) at once). Generation runs in
     eval mode under no_grad; the model's train/eval mode is restored afterwards.
     decode: "loop" (own decode loop, faster) or "generate" (`model.generate`); cache: the loop's KV
-    cache, "dynamic" (grows by concatenation) or "static" (preallocated, written in place).
+    cache, "dynamic" (grows by concatenation) or "static" (preallocated, written in place);
+    compile: "on" runs the static-cache step through torch.compile (traced on the first call),
+    "auto" and "off" do not (see __init__ for the figures).
     With greedy decoding both decoders give the same tokens; with sampling the same distribution
     from different random streams.
     """
@@ -96,13 +99,23 @@ class HFRollout:
         eos_token_ids: Sequence[int] | None = None,
         decode: str = "loop",
         cache: str = "dynamic",
+        compile: str = "auto",
     ) -> None:
         if decode not in DECODERS:
             raise ValueError(f"decode is {decode!r}; use one of {list(DECODERS)}")
         if cache not in CACHES:
             raise ValueError(f"cache is {cache!r}; use one of {list(CACHES)}")
+        if compile not in COMPILE_MODES:
+            raise ValueError(f"compile is {compile!r}; use one of {list(COMPILE_MODES)}")
+        if compile == "on" and (decode != "loop" or cache != "static"):
+            raise ValueError("compile=on compiles the decode loop's fixed-shape step: it needs decode='loop' and "
+                             "cache='static'")
         self.decode = decode
         self.cache = cache
+        # auto: off. Measured on CPU (SmolLM2, 1 thread): ~100 s to compile, no faster per token
+        # (the step is bound by reading the weights); not yet measured on a GPU.
+        self.compile = compile == "on"
+        self._step = None
         if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
             raise ValueError(f"batch_size is {batch_size!r}; pass a positive integer or None for one batch")
         self.model = model
@@ -143,6 +156,15 @@ class HFRollout:
 
     # -- internals -------------------------------------------------------------------------
 
+    def _compiled_step(self):
+        if not self.compile:
+            return None
+        if self._step is None:
+            from .decode_loop import static_step
+
+            self._step = torch.compile(static_step, dynamic=False)
+        return self._step
+
     def _device(self) -> torch.device:
         return next(self.model.parameters()).device
 
@@ -168,7 +190,7 @@ class HFRollout:
             decoded = decode_rows(
                 self.model, [prompts[p] for p in distinct], [where[p] for p, _ in chunk], sampling,
                 eos_ids=self.eos_token_ids, pad_id=self.pad_token_id, want_logprobs=self.record_logprobs,
-                cache=self.cache)
+                cache=self.cache, step=self._compiled_step())
             logprobs = decoded.logprobs.cpu() if decoded.logprobs is not None else None
             return self._rollouts(prompts, chunk, decoded.tokens.cpu(), logprobs, policy_version)
         device = self._device()

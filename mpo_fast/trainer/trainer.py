@@ -142,7 +142,7 @@ class MPOTrainer:
         )
         self.rollout = rollout if rollout is not None else HFRollout(
             self.model, self.tokenizer, batch_size=args.rollout.batch_size, decode=args.rollout.decode,
-            cache=args.rollout.cache,
+            cache=args.rollout.cache, compile=args.rollout.compile,
         )
         # -- judges and rubric ----------------------------------------------------------------
         self.judge = judge

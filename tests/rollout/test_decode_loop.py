@@ -168,3 +168,21 @@ def test_smollm2_greedy_loop_matches_generate():
         assert [r.completion_ids for r in new] == [r.completion_ids for r in ref]
         for a, b in zip(ref, new):
             assert b.behaviour_logprobs == pytest.approx(a.behaviour_logprobs, abs=1e-3)
+
+
+def test_compile_on_needs_the_static_loop(tok):
+    model = tiny_causal_lm(tok)
+    with pytest.raises(ValueError, match="needs decode='loop' and cache='static'"):
+        HFRollout(model, tok, compile="on")
+    with pytest.raises(ValueError, match="compile is 'yes'"):
+        HFRollout(model, tok, compile="yes", cache="static")
+
+
+@pytest.mark.slow  # torch.compile of the step: tens of seconds of inductor on a CPU
+def test_compiled_static_step_gives_the_same_greedy_tokens(tok):
+    model = tiny_causal_lm(tok, seed=8)
+    prompts = [_ids(tok, p) for p in PROMPTS[:3]]
+    ref, new = _greedy_pair(model, tok, prompts, 2, cache="static", compile="on")
+    assert [r.completion_ids for r in new] == [r.completion_ids for r in ref]
+    for a, b in zip(ref, new):
+        assert b.behaviour_logprobs == pytest.approx(a.behaviour_logprobs, abs=1e-4)

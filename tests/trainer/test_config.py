@@ -40,6 +40,7 @@ def test_unknown_keys_are_rejected_with_the_valid_ones(tmp_path):
         ("judge.scoring=freeform", "judge.scoring is 'freeform'; choose one of"),
         ("rollout.decode=fast", "rollout.decode is 'fast'; choose one of"),
         ("rollout.cache=paged", "rollout.cache is 'paged'; choose one of"),
+        ("rollout.compile=on", "set rollout.decode=loop and rollout.cache=static"),
         ("rollout.num_generations=1", "need at least 2 samples per prompt"),
         ("rollout.temperature=0", "greedy"),
         ("lora.enabled=false", "judge would drift"),
@@ -55,6 +56,13 @@ def test_bad_values_name_the_key_and_the_fix(tmp_path, override, message):
     path.write_text("{}\n")
     with pytest.raises(ConfigError, match=message):
         MPOConfig.from_yaml(path, [override])
+
+
+def test_rollout_compile_accepts_yaml_on_off(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("rollout:\n  cache: static\n  compile: on\n")  # YAML 1.1: a bare on is true
+    assert MPOConfig.from_yaml(path).rollout.compile == "on"
+    assert MPOConfig.from_yaml(path, ["rollout.compile=off"]).rollout.compile == "off"
 
 
 def test_missing_config_file_names_the_path(tmp_path):
