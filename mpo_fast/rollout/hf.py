@@ -82,7 +82,8 @@ class HFRollout:
     batch_size: rows per decode call (None: all n * len(prompts) at once). Generation runs in
     eval mode under no_grad; the model's train/eval mode is restored afterwards.
     decode: "loop" (own decode loop, faster) or "generate" (`model.generate`); cache: the loop's KV
-    cache, "dynamic" (grows by concatenation) or "static" (preallocated, written in place);
+    cache, "static" (preallocated, written in place; default: 0.68x plain generate's CPU time where
+    "dynamic", grown by concatenation every step, took 0.80x) or "dynamic";
     compile: "on" runs the static-cache step through torch.compile (traced on the first call),
     "auto" and "off" do not (see __init__ for the figures).
     With greedy decoding both decoders give the same tokens; with sampling the same distribution
@@ -98,7 +99,7 @@ class HFRollout:
         record_logprobs: bool = True,
         eos_token_ids: Sequence[int] | None = None,
         decode: str = "loop",
-        cache: str = "dynamic",
+        cache: str = "static",
         compile: str = "auto",
     ) -> None:
         if decode not in DECODERS:

@@ -172,8 +172,9 @@ def test_smollm2_greedy_loop_matches_generate():
 
 def test_compile_on_needs_the_static_loop(tok):
     model = tiny_causal_lm(tok)
-    with pytest.raises(ValueError, match="needs decode='loop' and cache='static'"):
-        HFRollout(model, tok, compile="on")
+    for kwargs in ({"cache": "dynamic"}, {"decode": "generate"}):
+        with pytest.raises(ValueError, match="needs decode='loop' and cache='static'"):
+            HFRollout(model, tok, compile="on", **kwargs)
     with pytest.raises(ValueError, match="compile is 'yes'"):
         HFRollout(model, tok, compile="yes", cache="static")
 
