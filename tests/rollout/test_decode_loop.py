@@ -155,7 +155,7 @@ def test_smollm2_greedy_loop_matches_generate():
     from mpo_fast.models.embedded import load_embedded
 
     model, tokenizer = load_embedded()
-    texts = ["Write a haiku about the sea.", "What is 2 + 2?",
+    texts = ["Write a haiku about the sea, then explain its imagery.", "Hi.",
              "Explain in two sentences why the sky is blue, for a curious ten-year-old."]
     prompts = [tokenizer.apply_chat_template([{"role": "user", "content": t}], add_generation_prompt=True)
                for t in texts]
