@@ -66,12 +66,15 @@ def _positions(mask: torch.Tensor) -> torch.Tensor:
 
 
 def _static_cache(model, source, rows: torch.Tensor, max_len: int):
-    """A StaticCache of max_len slots holding `source`'s (a DynamicCache) entries for `rows`."""
+    """A StaticCache of max_len slots holding `source`'s (a DynamicCache) entries for `rows`; None
+    where the model's cache is not plain full-attention layers (sliding windows, hybrid models):
+    those keep the dynamic cache, whose semantics `generate` defines."""
     from transformers import StaticCache
+    from transformers.cache_utils import StaticLayer
 
     cache = StaticCache(config=model.config, max_cache_len=max_len)
-    if len(cache.layers) != len(source.layers):
-        raise RuntimeError(f"static cache has {len(cache.layers)} layers, the prefill cache {len(source.layers)}")
+    if len(cache.layers) != len(source.layers) or any(type(layer) is not StaticLayer for layer in cache.layers):
+        return None
     for static, dynamic in zip(cache.layers, source.layers):
         static.update(dynamic.keys.index_select(0, rows), dynamic.values.index_select(0, rows))
     return cache
@@ -112,10 +115,11 @@ def decode_rows(
     n_rows, total = rows.numel(), width + sampling.max_new_tokens
     full_mask = torch.cat([mask, mask.new_ones(n_rows, sampling.max_new_tokens)], dim=1)
     cache_name = next(iter(with_cache_name(model, {"past_key_values": None})))
-    if cache == "static":
-        kv = _static_cache(model, prefix, rows, total)
+    kv = _static_cache(model, prefix, rows, total) if cache == "static" else None
+    if kv is not None:
         run = step if step is not None else static_step
     else:
+        cache = "dynamic"
         prefix.batch_select_indices(rows)
         kv = prefix
     del out, prefix

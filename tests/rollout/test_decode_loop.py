@@ -187,3 +187,18 @@ def test_compiled_static_step_gives_the_same_greedy_tokens(tok):
     assert [r.completion_ids for r in new] == [r.completion_ids for r in ref]
     for a, b in zip(ref, new):
         assert b.behaviour_logprobs == pytest.approx(a.behaviour_logprobs, abs=1e-4)
+
+
+def test_sliding_window_models_keep_generates_cache_semantics(tok):
+    from transformers import AutoModelForCausalLM, Qwen2Config
+
+    config = Qwen2Config(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                         use_sliding_window=True, sliding_window=6, max_window_layers=0,
+                         pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    torch.manual_seed(9)
+    model = AutoModelForCausalLM.from_config(config)
+    assert "sliding_attention" in model.config.layer_types  # the window is shorter than the prompts
+    prompts = [_ids(tok, p) for p in PROMPTS[:3]]
+    ref, new = _greedy_pair(model, tok, prompts, 2, cache="static")
+    assert [r.completion_ids for r in new] == [r.completion_ids for r in ref]
