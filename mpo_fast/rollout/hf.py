@@ -3,13 +3,14 @@
 The policy trains and samples in the same process, so weights never need syncing. Prompts of
 different lengths are left-padded (generation appends on the right, so every row's next token
 sits in the same column). Two decoders:
-- decode="loop" (default): `decode_loop.decode`, the model's forward with a KV cache, one prefill
-  per distinct prompt shared by its n samples (see that module for what it saves and the figures);
-- decode="generate": `model.generate`. Behaviour log-probs are recorded while sampling by a logits processor
-that keeps one step of log-softmax ([rows, vocab], 8 x 49,152 x 4 B = 1.6 MB for the demo) and
-gathers the sampled token's entry at the next step; asking `generate` for `output_logits`
-instead would hold every step at once (1000 steps x 64 rows x 151,936 x 4 B = 39 GB at the
-paper's scale).
+- decode="loop" (default): `decode_loop.decode_rows`, the model's forward with a KV cache, one
+  prefill per distinct prompt shared by its n samples (that module says what it saves; 0.68x plain
+  `generate`'s CPU time on the e2e rollout, BENCHMARKS.md "rollout");
+- decode="generate": `model.generate`. Behaviour log-probs are recorded while sampling by a
+  logits processor that keeps one step of log-softmax ([rows, vocab], 8 x 49,152 x 4 B = 1.6 MB
+  for the demo) and gathers the sampled token's entry at the next step; asking `generate` for
+  `output_logits` instead would hold every step at once (1000 steps x 64 rows x 151,936 x 4 B =
+  39 GB at the paper's scale).
 """
 from __future__ import annotations
 
