@@ -78,7 +78,7 @@ class RolloutSettings:
     # cache: the loop's KV cache, "static" (preallocated, written in place) or "dynamic" (grown per
     # token by concatenation: slower, 0.80x plain generate's CPU time against 0.68x);
     # compile: "on" runs the loop's decode step through torch.compile (needs cache=static), "auto"
-    # leaves it off (measured on CPU: ~100 s to compile, no faster a token; unmeasured on GPU).
+    # leaves it off (measured on CPU: 30-49 s to compile for 3% a call; unmeasured on GPU).
     decode: str = "loop"
     cache: str = "static"
     compile: str | bool = "auto"  # YAML reads a bare on/off as true/false: both spellings are accepted
