@@ -124,6 +124,7 @@ def decode_rows(
         kv = prefix
     del out, prefix
     eos = torch.as_tensor(list(eos_ids), dtype=torch.long, device=device)
+    slots = torch.arange(width, total, dtype=torch.long, device=device)  # no host-to-device copy a step
     done = torch.zeros(n_rows, dtype=torch.bool, device=device)
     tokens: list[torch.Tensor] = []
     logprobs: list[torch.Tensor] = []
@@ -139,7 +140,7 @@ def decode_rows(
         if t + 1 == sampling.max_new_tokens or ((t + 1) % check_every == 0 and bool(done.all())):
             break
         positions = positions + 1
-        cache_position = torch.tensor([width + t], dtype=torch.long, device=device)
+        cache_position = slots[t : t + 1].clone()  # offset 0: a compiled step would recompile on a view
         if cache == "static":
             logits = run(model, kv, chosen[:, None], full_mask, positions, cache_position, cache_name)
         else:
