@@ -82,6 +82,9 @@ class RolloutSettings:
     decode: str = "loop"
     cache: str = "static"
     compile: str | bool = "auto"  # YAML reads a bare on/off as true/false: both spellings are accepted
+    # loop on a CPU: linear layers on oneDNN-packed weight copies (0.77x the loop's time; one extra
+    # copy of the weights while generating; off with compile=on)
+    packed_weights: bool = True
     # Subtracted from the reward of a response cut at max_new_tokens (the reference used 1.0 on
     # raw sums; rewards here are in [0, 1], so 0.1-0.3 is comparable). 0: off.
     missing_eos_penalty: float = 0.0

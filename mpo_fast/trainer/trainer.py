@@ -143,6 +143,7 @@ class MPOTrainer:
         self.rollout = rollout if rollout is not None else HFRollout(
             self.model, self.tokenizer, batch_size=args.rollout.batch_size, decode=args.rollout.decode,
             cache=args.rollout.cache, compile=args.rollout.compile,
+            packed_weights=args.rollout.packed_weights,
         )
         # -- judges and rubric ----------------------------------------------------------------
         self.judge = judge

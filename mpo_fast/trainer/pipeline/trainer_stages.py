@@ -94,7 +94,8 @@ class TrainerStages:
             if settings.max_staleness > 0:
                 self.copy = RolloutCopy(trainer.model)
                 self.rollout = HFRollout(self.copy.module, trainer.tokenizer, batch_size=a.rollout.batch_size,
-                                         decode=a.rollout.decode, cache=a.rollout.cache, compile=a.rollout.compile)
+                                         decode=a.rollout.decode, cache=a.rollout.cache, compile=a.rollout.compile,
+                                         packed_weights=a.rollout.packed_weights)
                 self._kind = "copy"
         elif type(backend).__name__ == "VLLMRollout":
             self._kind = "vllm"

@@ -1,0 +1,75 @@
+"""oneDNN-packed weights for the CPU decode loop: the same linear layers, read twice as fast.
+
+A decode step multiplies 8 rows by every weight matrix once, so it is bound by reading the
+weights. torch's `F.linear` (MKL sgemm) reads cold fp32 weights at 7.1-7.5 GB/s on one core of
+this machine for an [8, 576] x [576, 1536] product, where a plain sum reads 20 GB/s; the same
+product against a weight reordered once into oneDNN's blocked layout
+(`torch.ops.mkldnn._reorder_linear_weight`, what inductor's CPU weight prepacking uses) reads
+12.6 GB/s. On the e2e rollout (SmolLM2-135M, 8 x 64 tokens, one thread) that is 5.9 s against
+7.7 s a call, packing included (0.23 s for 540 MB of weights): BENCHMARKS.md "rollout".
+
+`packed_linears(model)` repacks every `nn.Linear` (peft's LoRA layers keep their adapters: their
+base layer is an `nn.Linear`) for the duration of one rollout and restores the modules after: the
+weights change every update, so a packed copy lives only while they are frozen. Costs an extra
+copy of the linear weights during the rollout. Float32 CPU weights only (what was measured);
+anything else, or a torch without these ops, runs unpacked. Under autograd the layers fall back to
+`F.linear` (the packed op has no backward).
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+
+# The decode batch the packing is tuned for (oneDNN picks its blocking from it); prefill rows run
+# through the same packed weight, correctly if less tuned.
+_BATCH_HINT = 8
+
+
+def packing_available(model) -> bool:
+    """True where packed_linears would pack: float32 weights on the CPU and torch's oneDNN ops."""
+    ops = getattr(torch.ops, "mkldnn", None)
+    if ops is None or not torch.backends.mkldnn.is_available():
+        return False
+    if not (hasattr(ops, "_reorder_linear_weight") and hasattr(ops, "_linear_pointwise")):
+        return False
+    param = next(model.parameters(), None)
+    return param is not None and param.device.type == "cpu" and param.dtype == torch.float32
+
+
+def _packed_forward(module: torch.nn.Linear, packed: torch.Tensor):
+    bias = module.bias.detach() if module.bias is not None else None
+    out_features = module.out_features
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled() or x.dtype != torch.float32:
+            return F.linear(x, module.weight, module.bias)
+        shape = x.shape
+        y = torch.ops.mkldnn._linear_pointwise(x.reshape(-1, shape[-1]), packed, bias, "none", [], "")
+        return y.reshape(*shape[:-1], out_features)
+
+    return forward
+
+
+@contextlib.contextmanager
+def packed_linears(model, enabled: bool = True) -> Iterator[int]:
+    """Run `model`'s nn.Linear layers on packed weights inside the block; yields how many were packed."""
+    if not enabled or not packing_available(model):
+        yield 0
+        return
+    patched: list[torch.nn.Module] = []
+    try:
+        for module in model.modules():
+            if type(module) is not torch.nn.Linear or "forward" in module.__dict__:
+                continue  # subclasses may do more than x @ W.T + b; a module already patched stays as is
+            if module.weight.dtype != torch.float32 or module.weight.device.type != "cpu":
+                continue
+            packed = torch.ops.mkldnn._reorder_linear_weight(module.weight.detach(), _BATCH_HINT)
+            module.forward = _packed_forward(module, packed)
+            patched.append(module)
+        yield len(patched)
+    finally:
+        for module in patched:
+            del module.forward
