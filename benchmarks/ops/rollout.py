@@ -12,7 +12,9 @@ the rounds (default 5 full, 2 quick).
 Providers, one call each per round in this order (round 0 is warm-up and not counted):
 - plain_generate: `model.generate` on the left-padded batch (no behaviour log-probs);
 - hf_generate: HFRollout(decode="generate"), generate plus the behaviour log-prob recorder;
-- hf_loop_dynamic / hf_loop_static: HFRollout(decode="loop") with either KV cache.
+- hf_loop_dynamic_unpacked / hf_loop_static_unpacked: HFRollout(decode="loop") with either KV
+  cache, F.linear on the live weights;
+- hf_loop: the default HFRollout (loop, static cache, oneDNN-packed weights on a CPU).
 Each record: median wall seconds per call and median process CPU seconds (on a shared machine the
 CPU seconds are less disturbed by other processes than the wall time; compare ratios), the ratio to
 plain_generate, and the load average before and after.
@@ -72,8 +74,9 @@ def run(ctx: BenchContext) -> Iterator[dict]:
     group, new_tokens = 4, (8 if ctx.quick else 64)
     sampling = SamplingParams(max_new_tokens=new_tokens, temperature=0.7)
     backends = {"hf_generate": HFRollout(model, tokenizer, decode="generate"),
-                "hf_loop_dynamic": HFRollout(model, tokenizer, decode="loop", cache="dynamic"),
-                "hf_loop_static": HFRollout(model, tokenizer, decode="loop", cache="static")}
+                "hf_loop_dynamic_unpacked": HFRollout(model, tokenizer, cache="dynamic", packed_weights=False),
+                "hf_loop_static_unpacked": HFRollout(model, tokenizer, cache="static", packed_weights=False),
+                "hf_loop": HFRollout(model, tokenizer)}  # the default: static cache, packed weights on a CPU
     pad = backends["hf_generate"].pad_token_id
     config = GenerationConfig(max_new_tokens=new_tokens, do_sample=True, temperature=0.7, top_p=1.0, top_k=0,
                               pad_token_id=pad, eos_token_id=None)
