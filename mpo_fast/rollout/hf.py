@@ -4,8 +4,9 @@ The policy trains and samples in the same process, so weights never need syncing
 different lengths are left-padded (generation appends on the right, so every row's next token
 sits in the same column). Two decoders:
 - decode="loop" (default): `decode_loop.decode_rows`, the model's forward with a KV cache, one
-  prefill per distinct prompt shared by its n samples (that module says what it saves; 0.68x plain
-  `generate`'s CPU time on the e2e rollout, BENCHMARKS.md "rollout");
+  prefill per distinct prompt shared by its n samples (that module says what it saves), on packed
+  weights on a CPU (`packed_linear`): 0.49x plain `generate`'s wall time on the e2e rollout
+  (BENCHMARKS.md "rollout");
 - decode="generate": `model.generate`. Behaviour log-probs are recorded while sampling by a
   logits processor that keeps one step of log-softmax ([rows, vocab], 8 x 49,152 x 4 B = 1.6 MB
   for the demo) and gathers the sampled token's entry at the next step; asking `generate` for
@@ -84,11 +85,11 @@ class HFRollout:
     batch_size: rows per decode call (None: all n * len(prompts) at once). Generation runs in
     eval mode under no_grad; the model's train/eval mode is restored afterwards.
     decode: "loop" (own decode loop, faster) or "generate" (`model.generate`); cache: the loop's KV
-    cache, "static" (preallocated, written in place; default: 0.68x plain generate's CPU time where
-    "dynamic", grown by concatenation every step, took 0.80x) or "dynamic";
+    cache, "static" (preallocated, written in place; default: 0.61x plain generate's wall time where
+    "dynamic", grown by concatenation every step, took 0.76x, both on live weights) or "dynamic";
     compile: "on" runs the static-cache step through torch.compile (traced on the first call),
     "auto" and "off" do not (see __init__ for the figures). packed_weights: the loop runs the
-    linear layers on oneDNN-packed copies of their weights on a CPU (`packed_linear`: 0.77x the
+    linear layers on oneDNN-packed copies of their weights on a CPU (`packed_linear`: 0.81x the
     loop's time, an extra copy of the weights while generating); not with compile=on.
     With greedy decoding both decoders give the same tokens; with sampling the same distribution
     from different random streams.

@@ -76,13 +76,13 @@ class RolloutSettings:
     # hf: "loop" decodes with mpo_fast's own loop (one prefill per prompt shared by its G samples;
     # faster than generate, see BENCHMARKS.md "rollout"), "generate" with transformers' generate;
     # cache: the loop's KV cache, "static" (preallocated, written in place) or "dynamic" (grown per
-    # token by concatenation: slower, 0.80x plain generate's CPU time against 0.68x);
+    # token by concatenation: slower, 0.76x plain generate's wall time against 0.61x);
     # compile: "on" runs the loop's decode step through torch.compile (needs cache=static), "auto"
     # leaves it off (measured on CPU: 30-49 s to compile for 3% a call; unmeasured on GPU).
     decode: str = "loop"
     cache: str = "static"
     compile: str | bool = "auto"  # YAML reads a bare on/off as true/false: both spellings are accepted
-    # loop on a CPU: linear layers on oneDNN-packed weight copies (0.77x the loop's time; one extra
+    # loop on a CPU: linear layers on oneDNN-packed weight copies (0.81x the loop's time; one extra
     # copy of the weights while generating; off with compile=on)
     packed_weights: bool = True
     # Subtracted from the reward of a response cut at max_new_tokens (the reference used 1.0 on
