@@ -77,3 +77,28 @@ def test_rollout_with_packed_weights_matches_unpacked(tok, lora):
     for a, b in zip(plain, packed):
         assert b.behaviour_logprobs == pytest.approx(a.behaviour_logprobs, abs=1e-4)
     assert not any("forward" in m.__dict__ for m in _linears(model))
+
+
+def test_lora_adapters_are_folded_and_switching_them_off_still_works(tok):
+    peft = pytest.importorskip("peft")
+    from peft.tuners.lora.layer import Linear as LoraLinear
+
+    torch.manual_seed(0)
+    model = wrap_with_peft(tiny_causal_lm(tok, seed=11), peft.LoraConfig(
+        r=8, lora_alpha=64, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=False)).eval()
+    ids = torch.tensor([tok("fold the adapters", add_special_tokens=False)["input_ids"]])
+    lora_layers = [m for m in model.modules() if type(m) is LoraLinear]
+    with torch.no_grad():
+        ref = model(ids).logits
+        with model.disable_adapter():
+            base_ref = model(ids).logits
+        assert not torch.allclose(ref, base_ref, atol=1e-3)  # the adapter matters
+        with packed_linears(model):
+            assert lora_layers and all("forward" in m.__dict__ for m in lora_layers)
+            assert not any("forward" in m.base_layer.__dict__ for m in lora_layers)  # folded, not packed twice
+            out = model(ids).logits
+            with model.disable_adapter():  # a judge on the base weights: peft's own forward runs
+                base_out = model(ids).logits
+    assert torch.allclose(out, ref, atol=1e-5)
+    assert torch.allclose(base_out, base_ref, atol=1e-5)
+    assert not any("forward" in m.__dict__ for m in model.modules() if isinstance(m, torch.nn.Module))
