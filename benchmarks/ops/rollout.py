@@ -7,7 +7,8 @@ benchmark's rollout: 2 essay prompts (chat template, ~116 tokens) x 4 samples x 
 temperature 0.7, no EOS (every row decodes all 64 tokens, so every provider does the same work).
 Quick: a 2-layer random Llama with SmolLM2's tokenizer, 8 new tokens.
 MPO_FAST_ROLLOUT_THREADS sets the torch threads (default 1, the e2e setting), MPO_FAST_ROLLOUT_ROUNDS
-the rounds (default 5 full, 2 quick).
+the rounds (default 5 full, 2 quick), MPO_FAST_ROLLOUT_LORA=r wraps the policy in a peft LoRA of rank r
+on all seven projections (default 0: full weights).
 
 Providers, one call each per round in this order (round 0 is warm-up and not counted):
 - plain_generate: `model.generate` on the left-padded batch (no behaviour log-probs);
@@ -21,7 +22,6 @@ plain_generate, and the load average before and after.
 """
 from __future__ import annotations
 
-import copy
 import os
 import statistics
 import time
@@ -69,6 +69,14 @@ def run(ctx: BenchContext) -> Iterator[dict]:
     torch.set_num_threads(threads)
     tokenizer = load_embedded_tokenizer()
     model = _model(ctx.quick, tokenizer, ctx.device)
+    lora_r = int(os.environ.get("MPO_FAST_ROLLOUT_LORA", "0"))
+    if lora_r:
+        from peft import LoraConfig
+
+        from mpo_fast.models.hf_compat import wrap_with_peft
+
+        model = wrap_with_peft(model, LoraConfig(r=lora_r, lora_alpha=2 * lora_r, target_modules=[
+            "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
     task = get_task("essay")
     prompts = [p.ids for p in render_prompts(task.load(limit=2), task, tokenizer, max_prompt_tokens=4096)][:2]
     group, new_tokens = 4, (8 if ctx.quick else 64)
@@ -114,7 +122,8 @@ def run(ctx: BenchContext) -> Iterator[dict]:
             cpu[name].append(time.process_time() - c0)
     loads.append(_uptime())
     shape = (f"{'tiny llama' if ctx.quick else 'SmolLM2-135M'}: {len(prompts)} prompts x {group} samples x "
-             f"{new_tokens} tokens (prompts {[len(p) for p in prompts]}), {threads} threads")
+             f"{new_tokens} tokens (prompts {[len(p) for p in prompts]}), {threads} threads"
+             + (f", LoRA r={lora_r}" if lora_r else ""))
     base_wall = statistics.median(wall["plain_generate"][1:])
     base_cpu = statistics.median(cpu["plain_generate"][1:])
     for name in calls:
