@@ -77,6 +77,18 @@ class RolloutSettings:
     top_p: float = 1.0
     top_k: int = 0
     batch_size: int | None = None  # rows per generate call; None: all prompts_per_step * G at once
+    # hf: "loop" decodes with mpo_fast's own loop (one prefill per prompt shared by its G samples;
+    # faster than generate, see BENCHMARKS.md "rollout"), "generate" with transformers' generate;
+    # cache: the loop's KV cache, "static" (preallocated, written in place) or "dynamic" (grown per
+    # token by concatenation: slower, 0.76x plain generate's wall time against 0.61x);
+    # compile: "on" runs the loop's decode step through torch.compile (needs cache=static), "auto"
+    # leaves it off (measured on CPU: 30-49 s to compile for 3% a call; unmeasured on GPU).
+    decode: str = "loop"
+    cache: str = "static"
+    compile: str | bool = "auto"  # YAML reads a bare on/off as true/false: both spellings are accepted
+    # loop on a CPU: linear layers on oneDNN-packed weight copies (0.81x the loop's time; one extra
+    # copy of the weights while generating; off with compile=on)
+    packed_weights: bool = True
     # Subtracted from the reward of a response cut at max_new_tokens (the reference used 1.0 on
     # raw sums; rewards here are in [0, 1], so 0.1-0.3 is comparable). 0: off.
     missing_eos_penalty: float = 0.0
@@ -96,6 +108,10 @@ class RolloutSettings:
     # pipeline.max_staleness > 0, where it generates during updates).
     gpu_memory_utilization: float = 0.3
     sleep_level: int | None = 1
+
+    def __post_init__(self) -> None:
+        if isinstance(self.compile, bool):
+            self.compile = "on" if self.compile else "off"
 
 
 @dataclass
@@ -429,6 +445,9 @@ _CHOICES = {
     "task.name": ("essay", "summarization", "ethics", "math"),
     "rollout.backend": ("hf", "vllm", "remote"),
     "rollout.server": ("vllm", "openai"),
+    "rollout.decode": ("loop", "generate"),
+    "rollout.cache": ("static", "dynamic"),
+    "rollout.compile": ("auto", "on", "off"),
     "judge.backend": ("local", "openai"),
     "judge.scoring": ("parse", "constrained", "expected"),
     "judge.call_mode": ("all_items", "per_item"),
@@ -553,6 +572,9 @@ def _validate_reward_and_eval(config: MPOConfig) -> None:
 
 def _validate_rollout_and_pipeline(config: MPOConfig) -> None:
     r, p = config.rollout, config.pipeline
+    if r.compile == "on" and (r.decode != "loop" or r.cache != "static"):
+        raise ConfigError("rollout.compile=on compiles the decode loop's fixed-shape step: set rollout.decode=loop and "
+                          "rollout.cache=static")
     if r.backend == "remote" and not r.base_url:
         raise ConfigError("rollout.backend is 'remote' but rollout.base_url is not set; set it to the server that serves "
                           "the policy, e.g. http://127.0.0.1:8001/v1")

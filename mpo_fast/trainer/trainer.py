@@ -157,7 +157,9 @@ class MPOTrainer:
             top_p=args.rollout.top_p, top_k=args.rollout.top_k,
         )
         self.rollout = rollout if rollout is not None else HFRollout(
-            self.model, self.tokenizer, batch_size=args.rollout.batch_size
+            self.model, self.tokenizer, batch_size=args.rollout.batch_size, decode=args.rollout.decode,
+            cache=args.rollout.cache, compile=args.rollout.compile,
+            packed_weights=args.rollout.packed_weights,
         )
         # -- judges and rubric ----------------------------------------------------------------
         self.judge = judge

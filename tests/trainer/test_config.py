@@ -38,6 +38,8 @@ def test_unknown_keys_are_rejected_with_the_valid_ones(tmp_path):
         ("train.max_steps=ten", "train.max_steps must be an integer"),
         ("train.max_steps=0", "train.max_steps is 0; it must be >= 1"),
         ("judge.scoring=freeform", "judge.scoring is 'freeform'; choose one of"),
+        ("rollout.decode=fast", "rollout.decode is 'fast'; choose one of"),
+        ("rollout.cache=paged", "rollout.cache is 'paged'; choose one of"),
         ("rollout.num_generations=1", "need at least 2 samples per prompt"),
         ("rollout.temperature=0", "greedy"),
         ("lora.enabled=false", "judge would drift"),
@@ -53,6 +55,21 @@ def test_bad_values_name_the_key_and_the_fix(tmp_path, override, message):
     path.write_text("{}\n")
     with pytest.raises(ConfigError, match=message):
         MPOConfig.from_yaml(path, [override])
+
+
+def test_rollout_compile_needs_the_static_loop(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("{}\n")
+    for other in ("rollout.decode=generate", "rollout.cache=dynamic"):
+        with pytest.raises(ConfigError, match="set rollout.decode=loop and rollout.cache=static"):
+            MPOConfig.from_yaml(path, ["rollout.compile=on", other])
+
+
+def test_rollout_compile_accepts_yaml_on_off(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("rollout:\n  cache: static\n  compile: on\n")  # YAML 1.1: a bare on is true
+    assert MPOConfig.from_yaml(path).rollout.compile == "on"
+    assert MPOConfig.from_yaml(path, ["rollout.compile=off"]).rollout.compile == "off"
 
 
 def test_missing_config_file_names_the_path(tmp_path):

@@ -143,7 +143,9 @@ class TrainerStages:
         if isinstance(backend, HFRollout):
             if settings.max_staleness > 0:
                 self.copy = RolloutCopy(trainer.model)
-                self.rollout = HFRollout(self.copy.module, trainer.tokenizer, batch_size=a.rollout.batch_size)
+                self.rollout = HFRollout(self.copy.module, trainer.tokenizer, batch_size=a.rollout.batch_size,
+                                         decode=a.rollout.decode, cache=a.rollout.cache, compile=a.rollout.compile,
+                                         packed_weights=a.rollout.packed_weights)
                 self._kind = "copy"
         elif type(backend).__name__ == "VLLMRollout":
             self._kind = "vllm"
