@@ -139,3 +139,35 @@ def train_and_return_weights(rank, world, tmp, cfg, scripted=True, crash_rank=No
     result = trainer.train()
     trainer.close()
     return {"weights": trained_weights(trainer), "steps": result.steps, "rubric": trainer.rubric_version.hash}
+
+
+def train_ppo(rank, world, tmp, cfg, fail=None):
+    """PPO on scripted rollouts: the policy's and the value head's weights, and after every step a
+    digest of both from each rank (they must stay bit-identical)."""
+    from mpo_fast.trainer.distributed import all_gather, parameters_digest
+    from tests.trainer.fakes import AppendingMetaJudge
+
+    rm = SyntheticJudge(fail_when=failing(fail) if fail is not None else None)
+    if rank == 1:  # a value head initialised differently here: only rank 0's broadcast makes them agree
+        from mpo_fast.trainer import trainer as trainer_module
+
+        class OtherHead(trainer_module.ValueHead):
+            def __init__(self, *a, **kw):
+                super().__init__(*a, **kw)
+                with torch.no_grad():
+                    for p in self.parameters():
+                        p.add_(0.5)
+
+        trainer_module.ValueHead = OtherHead
+    trainer = make_trainer(Path(tmp), scripted=True, world=world, rm=rm, meta_judge=AppendingMetaJudge(), **cfg)
+    digests = []
+
+    def record(n):
+        params = [*trainer.model.parameters(), *trainer.value_head.parameters()]
+        digests.append(all_gather(parameters_digest(params)) if world > 1 else [parameters_digest(params)])
+
+    _record_steps(trainer, record)
+    trainer.train()
+    trainer.close()
+    return {"weights": trained_weights(trainer), "digests": digests,
+            "head": {n: p.detach().clone() for n, p in trainer.value_head.named_parameters()}}
