@@ -328,9 +328,18 @@ def make_distributed_trainer_class():
                 raise ValueError("train.distributed=fsdp2 shards the policy's weights, which a local judge on the policy "
                                  "(judge.model=policy) reads on one rank at a time; use a judge server (judge.backend=openai), "
                                  "a separate judge.model, or train.distributed=ddp")
-            if args.rollout.backend == "vllm":
-                raise ValueError("rollout.backend=vllm is not supported under torchrun yet (one engine per rank needs "
-                                 "vLLM's external launcher); use rollout.backend=remote with vLLM servers, or hf")
+            if args.rollout.backend == "vllm" and self.mode == "fsdp2":
+                # Each rank's engine holds the whole policy and is synced from this rank's parameters by
+                # name; under fsdp2 a rank holds only its shards of them.
+                raise ValueError("rollout.backend=vllm under torchrun syncs each rank's engine from that rank's full "
+                                 "weights: use train.distributed=ddp (LoRA, or a policy that fits every GPU); with fsdp2 "
+                                 "use rollout.backend=remote (vLLM servers) or hf")
+            if args.rollout.backend == "vllm" and args.pipeline.mode == "overlapped":
+                # The external-launcher engine joins the trainer's process group; its generation would
+                # run on the producer thread while the trainer thread runs collectives.
+                raise ValueError("rollout.backend=vllm under torchrun runs with pipeline.mode=serial (the colocated "
+                                 "engine sleeps while the rank trains); for an overlapped pipeline use rollout.backend="
+                                 "remote with vLLM servers")
             if args.pipeline.mode == "overlapped" and self.mode == "fsdp2":
                 # The producer thread would generate on the sharded policy, whose forward all-gathers
                 # parameters: collectives off the trainer thread, in an order no other rank shares.
