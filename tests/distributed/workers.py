@@ -171,3 +171,28 @@ def train_ppo(rank, world, tmp, cfg, fail=None):
     trainer.close()
     return {"weights": trained_weights(trainer), "digests": digests,
             "head": {n: p.detach().clone() for n, p in trainer.value_head.named_parameters()}}
+
+
+def remote_adapter_sync(rank, world, urls, adapter_dir, versions, keep):
+    """Each rank's RemoteCompletionsRollout over the shared server list, wrapped as the trainer
+    wraps it under torchrun (MainRankWeightSync): sync each version, then generate; returns the
+    adapter each rank's requests named."""
+    import peft
+
+    from mpo_fast.rollout import SamplingParams
+    from mpo_fast.rollout.remote import RemoteCompletionsRollout
+    from mpo_fast.trainer.data_parallel import MainRankWeightSync
+    from mpo_fast.trainer.distributed import all_gather, current
+
+    tok = char_tokenizer()
+    model = peft.get_peft_model(tiny_causal_lm(tok, seed=0), peft.LoraConfig(r=2, target_modules=["q_proj"]))
+    rollout = MainRankWeightSync(RemoteCompletionsRollout(urls, "policy", tokenizer=tok, adapter_dir=adapter_dir,
+                                                          keep_adapters=keep), current())
+    served = []
+    for v in versions:
+        rollout.sync_weights(model, v)
+        out = rollout.generate([[3, 4]], n=2, sampling=SamplingParams(max_new_tokens=4, seed=rank), policy_version=v)
+        assert all(r.policy_version == v for r in out)
+        served.append(rollout.served_model)
+    rollout.close()
+    return all_gather(served)
