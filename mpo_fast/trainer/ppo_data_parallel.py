@@ -51,10 +51,13 @@ class DataParallelPPOUpdater(PPOUpdater):
         all_reduce_gradients(self.params)
 
     def update(self, batch, scores, *, behaviour_old_logp: bool = False) -> UpdateResult:
+        placeholder = self.zero_weight_next
         try:
             result = super().update(batch, scores, behaviour_old_logp=behaviour_old_logp)
         finally:
             self.zero_weight_next = False
+        if placeholder:  # the placeholder row is an invalid sample: logged with advantage 0, as one process logs it
+            self.sequence_advantages = torch.zeros_like(self.sequence_advantages)
         keys = ("value_loss", "clip_fraction", "entropy")  # weighted by global token shares: summed over ranks
         summed = all_reduce_sum([result.loss, *[result.metrics[k] for k in keys]])
         result.loss = summed[0]

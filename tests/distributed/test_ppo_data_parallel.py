@@ -46,4 +46,11 @@ def test_ppo_two_ranks_of_batch_b_equal_one_process_of_batch_2b(tmp_path):
         assert a["world_size"] == 2
         for key in ("loss", "value_loss", "clip_fraction", "entropy", "kl", "returns_mean"):
             assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), key
+    # samples.jsonl (gathered in rank order = one process's order): the same per-sample advantages,
+    # 0 for the masked samples (rank 1's placeholder row included)
+    dp_samples = read_jsonl(tmp_path / "dp" / "run" / "samples.jsonl")
+    one_samples = read_jsonl(tmp_path / "one" / "run" / "samples.jsonl")
+    assert len(dp_samples) == len(one_samples) > 0
+    for a, b in zip(dp_samples, one_samples):
+        assert a["advantage"] == pytest.approx(b["advantage"], rel=1e-4, abs=1e-5)
 
