@@ -44,8 +44,9 @@ def test_ppo_two_ranks_of_batch_b_equal_one_process_of_batch_2b(tmp_path):
     assert one_rows[0]["judge_failed"] >= 8  # rank 1's whole share of step 1 was masked
     for a, b in zip(dp_rows, one_rows):
         assert a["world_size"] == 2
-        for key in ("loss", "value_loss", "clip_fraction", "entropy", "kl", "returns_mean"):
+        for key in ("loss", "value_loss", "clip_fraction", "kl", "returns_mean"):
             assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), key
+        assert a["entropy"] == pytest.approx(b["entropy"], rel=1e-6, abs=0)  # near-uniform here: ranks differ by ~1e-5
     # samples.jsonl (gathered in rank order = one process's order): the same per-sample advantages,
     # 0 for the masked samples (rank 1's placeholder row included)
     dp_samples = read_jsonl(tmp_path / "dp" / "run" / "samples.jsonl")
