@@ -58,6 +58,28 @@ def import_vllm():
                            install="pip install 'mpo-fast[vllm]' (Linux with a CUDA GPU; on CPU use rollout.backend=hf)")
 
 
+def torchrun_engine_options(rank: int, world_size: int, *, seed: int, tensor_parallel_size: int = 1) -> tuple[dict[str, Any], int]:
+    """(vllm.LLM keyword arguments, sampling seed) for the colocated engine of one rank of a torchrun
+    job, as vLLM's torchrun examples and TRL's colocate mode build it.
+
+    distributed_executor_backend="external_launcher": the engine runs in this process and joins
+    the process group torchrun set up (RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR/PORT from the
+    environment, env://), on the GPU of LOCAL_RANK (init_distributed already set it as the current
+    device) - no worker processes of its own. tensor_parallel_size 1: each rank generates its own
+    share of the prompts, so an engine spanning ranks would need the prompts of its whole tensor
+    parallel group, which the data-parallel trainer does not gather. The seed differs per rank
+    (rank 0 keeps `seed`): equal seeds would sample the same completions on every rank for
+    different prompts' identical prefixes and correlate the groups.
+    """
+    if tensor_parallel_size != 1:
+        raise ValueError(f"tensor_parallel_size={tensor_parallel_size} under torchrun: each rank's engine generates that "
+                         "rank's own prompts, so it must hold the whole policy (tensor_parallel_size=1); for a policy "
+                         "that does not fit one GPU serve it with vLLM and use rollout.backend=remote")
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is outside world size {world_size}")
+    return {"distributed_executor_backend": "external_launcher", "tensor_parallel_size": 1}, int(seed) + rank
+
+
 def sampling_kwargs(sampling: SamplingParams, n: int, *, seed: int | None) -> dict[str, Any]:
     """Keyword arguments of vllm.SamplingParams for `n` samples with behaviour log-probs."""
     kw: dict[str, Any] = {

@@ -181,9 +181,17 @@ def build_rollout(config: MPOConfig, model, tokenizer):
         # LoRA: the engine loads each update's adapter; with max_staleness > 0 the producer instead
         # takes a snapshot of the merged weights between updates (an adapter cannot be snapshotted).
         sync = ("merged_lora" if config.pipeline.max_staleness > 0 else "lora_adapter") if config.lora.enabled else "full"
+        engine_kwargs, seed = None, config.seed
+        from .distributed import current
+
+        ctx = current()
+        if ctx is not None and ctx.world_size > 1:  # torchrun: one engine per rank, in this process (vllm.py)
+            from ..rollout.vllm import torchrun_engine_options
+
+            engine_kwargs, seed = torchrun_engine_options(ctx.rank, ctx.world_size, seed=config.seed)
         return create_rollout_backend("vllm", model=model, tokenizer=tokenizer, model_path=path, sync_mode=sync,
                                       gpu_memory_utilization=r.gpu_memory_utilization, sleep_level=r.sleep_level,
-                                      seed=config.seed, max_lora_rank=max(config.lora.r, 8))
+                                      seed=seed, max_lora_rank=max(config.lora.r, 8), engine_kwargs=engine_kwargs)
     key_env = r.api_key_env if os.environ.get(r.api_key_env) else None
     return create_rollout_backend("remote", model=model, tokenizer=tokenizer, base_url=r.base_url,
                                   served_model=r.served_model or path, api_key_env=key_env, server=r.server,

@@ -96,6 +96,23 @@ def _all_reduce_bucket(grads: list[torch.Tensor]) -> None:
         offset += n
 
 
+def all_reduce_gradients(params: list[torch.Tensor]) -> None:
+    """Sum every parameter's gradient over ranks (a missing one counts as zeros), in buckets of
+    <= BUCKET_ELEMENTS of one dtype."""
+    bucket: list[torch.Tensor] = []
+    size = 0
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        if bucket and (size + p.grad.numel() > BUCKET_ELEMENTS or p.grad.dtype != bucket[0].dtype):
+            _all_reduce_bucket(bucket)
+            bucket, size = [], 0
+        bucket.append(p.grad)
+        size += p.grad.numel()
+    if bucket:
+        _all_reduce_bucket(bucket)
+
+
 class DataParallelUpdater(PolicyUpdater):
     """PolicyUpdater whose micro-batch weights are shares of the global batch and whose gradients
     are summed over ranks before clipping: the update of one process on every rank's rows.
@@ -126,20 +143,10 @@ class DataParallelUpdater(PolicyUpdater):
         optimizer step, after the last micro-batch, so ranks may run different numbers of
         micro-batches. Buckets of <= BUCKET_ELEMENTS (as DDP's 25 MB buckets): LoRA adapters fit in
         one all-reduce, full fine-tuning never copies every gradient at once."""
-        bucket: list[torch.Tensor] = []
-        size = 0
-        for p in self.params:
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
-            if bucket and (size + p.grad.numel() > BUCKET_ELEMENTS or p.grad.dtype != bucket[0].dtype):
-                _all_reduce_bucket(bucket)
-                bucket, size = [], 0
-            bucket.append(p.grad)
-            size += p.grad.numel()
-        if bucket:
-            _all_reduce_bucket(bucket)
+        all_reduce_gradients(self.params)
 
     def update(self, batch, *, behaviour_old_logp: bool = False) -> UpdateResult:
+        placeholder = self.zero_weight_next
         try:
             result = super().update(batch, behaviour_old_logp=behaviour_old_logp)
         finally:
@@ -147,7 +154,15 @@ class DataParallelUpdater(PolicyUpdater):
         # Loss and mean metrics were weighted by global shares: their sum over ranks is the global value.
         keys = ["loss", *_MEAN_METRICS]
         local = [result.loss, *[result.metrics[k] for k in _MEAN_METRICS]]
-        summed = all_reduce_sum(local)
+        # entropy is this rank's token mean (over its first epoch's completion tokens): the global
+        # one weights each rank's mean by its token count (a placeholder row counts 0 tokens).
+        tokens = 0 if placeholder else batch.num_tokens
+        entropy = result.metrics.get("entropy", 0.0) if tokens else 0.0
+        summed = all_reduce_sum([*local, entropy * tokens, tokens])
+        entropy_sum, entropy_tokens = summed[-2:]
+        summed = summed[:-2]
+        if entropy_tokens:
+            result.metrics["entropy"] = entropy_sum / entropy_tokens
         extremes = torch.tensor([-result.metrics["ratio_min"], result.metrics["ratio_max"]], dtype=torch.float64,
                                 device=comm_device())
         with collective("reducing update metrics"):
@@ -313,19 +328,27 @@ def make_distributed_trainer_class():
                 raise ValueError("train.distributed=fsdp2 shards the policy's weights, which a local judge on the policy "
                                  "(judge.model=policy) reads on one rank at a time; use a judge server (judge.backend=openai), "
                                  "a separate judge.model, or train.distributed=ddp")
-            if args.rollout.backend == "vllm":
-                raise ValueError("rollout.backend=vllm is not supported under torchrun yet (one engine per rank needs "
-                                 "vLLM's external launcher); use rollout.backend=remote with vLLM servers, or hf")
+            if args.rollout.backend == "vllm" and self.mode == "fsdp2":
+                # Each rank's engine holds the whole policy and is synced from this rank's parameters by
+                # name; under fsdp2 a rank holds only its shards of them.
+                raise ValueError("rollout.backend=vllm under torchrun syncs each rank's engine from that rank's full "
+                                 "weights: use train.distributed=ddp (LoRA, or a policy that fits every GPU); with fsdp2 "
+                                 "use rollout.backend=remote (vLLM servers) or hf")
+            if args.rollout.backend == "vllm" and args.pipeline.mode == "overlapped":
+                # The external-launcher engine joins the trainer's process group; its generation would
+                # run on the producer thread while the trainer thread runs collectives.
+                raise ValueError("rollout.backend=vllm under torchrun runs with pipeline.mode=serial (the colocated "
+                                 "engine sleeps while the rank trains); for an overlapped pipeline use rollout.backend="
+                                 "remote with vLLM servers")
             if args.pipeline.mode == "overlapped" and self.mode == "fsdp2":
                 # The producer thread would generate on the sharded policy, whose forward all-gathers
                 # parameters: collectives off the trainer thread, in an order no other rank shares.
                 raise ValueError("pipeline.mode=overlapped runs under torchrun with train.distributed=ddp (LoRA, or a "
                                  "policy that fits every GPU); with fsdp2 use pipeline.mode=serial")
-            if args.train.algorithm != "grpo":
-                # PPOUpdater has no data-parallel gradient sum and the value head is not broadcast:
-                # ranks would silently diverge.
-                raise ValueError(f"train.algorithm={args.train.algorithm} runs in one process for now; with torchrun use "
-                                 "train.algorithm=grpo")
+            if args.train.algorithm == "ppo" and self.mode == "fsdp2":
+                # The value head stays outside FSDP2's units: its gradients would not be reduced.
+                raise ValueError("train.algorithm=ppo runs under torchrun with train.distributed=ddp (LoRA, or a policy "
+                                 "that fits every GPU); with fsdp2 use train.algorithm=grpo")
             shard_range(args.rollout.prompts_per_step, ctx.rank, ctx.world_size)  # fails fast on an uneven split
             args.log.progress = args.log.progress and ctx.is_main
             super().__init__(model, args, *a, **kw)
@@ -340,7 +363,12 @@ def make_distributed_trainer_class():
                 updater_class = fsdp.ShardedUpdater
                 if isinstance(self.rollout, HFRollout):  # generate on this process's sharded policy
                     self.rollout = fsdp.UnshardedRollout(self.rollout, self.model)
-            self.updater = updater_class(u.logprobs, u.optimizer, u.scheduler, u.params, u.settings,
+            head = ()
+            if args.train.algorithm == "ppo":  # value head and policy: one global gradient sum (ppo_data_parallel.py)
+                from .ppo_data_parallel import DataParallelPPOUpdater
+
+                updater_class, head = DataParallelPPOUpdater, (u.value_head,)
+            self.updater = updater_class(u.logprobs, *head, u.optimizer, u.scheduler, u.params, u.settings,
                                          max_tokens=u.max_tokens, device=u.device, ctx=ctx)
             self.meta_buffer = GatheredMetaBuffer(self.meta_buffer.capacity, ctx)
             if args.rollout.backend == "remote":
@@ -352,6 +380,8 @@ def make_distributed_trainer_class():
             the sharded parameters."""
             super()._setup_model(model, tokenizer, peft_config)
             broadcast_module(self.model)
+            if self.value_head is not None:  # PPO's critic: every rank starts from rank 0's (random) head
+                broadcast_module(self.value_head)
             if self.ref_model is not None:
                 broadcast_module(self.ref_model)
             if self.mode != "fsdp2":

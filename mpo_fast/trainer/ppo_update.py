@@ -39,6 +39,25 @@ class PPOUpdater:
         self.max_tokens = max_tokens
         self.device = device
 
+    # -- hooks: one process has nothing to add; data-parallel ranks (ppo_data_parallel.py) reduce --
+
+    def _counts_here(self) -> bool:
+        """Whether this process's rows count (a data-parallel rank with no valid row runs one
+        placeholder row with weight 0 so it still joins the gradient sum)."""
+        return True
+
+    def _sum_over_ranks(self, values: list[float]) -> list[float]:
+        return values
+
+    def _whitening_stats(self, flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # float64 (then cast back): the data-parallel ranks' two-pass all-reduce gives the same
+        # fp32 mean and variance whatever the summation order, so N ranks match one process.
+        x = flat.detach().double()
+        return x.mean().to(flat.dtype), x.var(unbiased=False).to(flat.dtype)
+
+    def _sync_gradients(self) -> None:
+        """Between the last backward of an epoch and clipping (data-parallel ranks sum gradients)."""
+
     def update(self, batch: TrainBatch, scores: torch.Tensor, *, behaviour_old_logp: bool = False) -> UpdateResult:
         """behaviour_old_logp: the batch was sampled by an older policy (overlapped, max_staleness > 0):
         the ratio's old log-probs and the reward's k1 are the rollout's recorded ones (the policy
@@ -52,6 +71,7 @@ class PPOUpdater:
         size = s.micro_batch_size
         micros = [batch.select(list(range(i, min(i + size, batch.size)))).to(self.device) for i in range(0, batch.size, size)]
         chunks = [scores[i:i + size].to(self.device) for i in range(0, batch.size, size)]
+        here = self._counts_here()
         model.eval()
         olds, advs, rets = [], [], []
         kl_sum, kl_tokens = 0.0, 0
@@ -64,24 +84,26 @@ class PPOUpdater:
                 k1 = None
                 if s.kl_coef > 0:
                     k1 = (logp - self.logprobs.reference(m)) * m.completion_mask
-                    kl_sum += float(k1.sum())
-                    kl_tokens += int(m.completion_mask.sum())
+                    if here:
+                        kl_sum += float(k1.sum())
+                        kl_tokens += int(m.completion_mask.sum())
                 rewards = token_rewards(sc, m.completion_mask, k1, s.kl_coef)
                 adv, ret = gae(rewards, values, m.completion_mask, gamma=s.gamma, lam=s.lam)
                 olds.append((logp, values))
                 advs.append(adv)
                 rets.append(ret)
-        # whitening over the whole batch's tokens, not per micro-batch
+        # whitening over the whole (global) batch's tokens, not per micro-batch
         flat = torch.cat([a[m.completion_mask] for a, m in zip(advs, micros)])
-        mean, var = flat.mean(), flat.var(unbiased=False)
+        mean, var = self._whitening_stats(flat if here else flat[:0])
         advs = [torch.where(m.completion_mask, (a - mean) * torch.rsqrt(var + 1e-8), torch.zeros_like(a))
                 for a, m in zip(advs, micros)]
         # per sample, the mean of its token advantages: what samples.jsonl shows as its advantage
         self.sequence_advantages = torch.cat([(a.sum(-1) / m.completion_mask.sum(-1).clamp(min=1)).cpu()
                                               for a, m in zip(advs, micros)])
         model.train()
-        total = max(batch.num_tokens, 1)
-        weights = [m.num_tokens / total for m in micros]
+        # each micro-batch's share of the global token count: summed over ranks, the gradient is one process's
+        total = max(self._sum_over_ranks([batch.num_tokens if here else 0])[0], 1)
+        weights = [m.num_tokens / total if here else 0.0 for m in micros]
         loss_total = vf_total = 0.0
         clip_frac = 0.0
         skipped = 0
@@ -93,7 +115,7 @@ class PPOUpdater:
                 out = self.logprobs.policy_loss(m, old_logp=old_logp, ref_logp=None, variant=variant, advantages=adv,
                                                 value_head=self.value_head)
                 pl, metrics = out.loss, out.metrics
-                if epoch == 0:
+                if epoch == 0 and here:
                     entropy_sum += float(out.entropy.sum())
                 vl = value_loss(out.values, old_v, ret, m.completion_mask, clip=s.vf_clip)
                 loss = pl + s.vf_coef * vl
@@ -101,9 +123,13 @@ class PPOUpdater:
                 loss_total += float(loss.detach()) * w / s.ppo_epochs
                 vf_total += float(vl.detach()) * w / s.ppo_epochs
                 clip_frac += float(metrics["clip_fraction"]) * w / s.ppo_epochs
+            self._sync_gradients()
             grad_norm, stepped = clip_and_step(self.optimizer, self.scheduler, self.params, s.max_grad_norm)
             skipped += 0 if stepped else 1
-        returns_mean = float(torch.cat([r[m.completion_mask] for r, m in zip(rets, micros)]).mean())
+        flat_returns = torch.cat([r[m.completion_mask] for r, m in zip(rets, micros)])
+        returns_sum, returns_count, kl_sum, kl_tokens = self._sum_over_ranks(
+            [float(flat_returns.sum()) if here else 0.0, flat_returns.numel() if here else 0, kl_sum, kl_tokens])
+        returns_mean = returns_sum / max(returns_count, 1)
         return UpdateResult(
             loss=loss_total, grad_norm=grad_norm, skipped_steps=skipped, optimizer_steps=s.ppo_epochs, lr=lr,
             metrics={"value_loss": vf_total, "clip_fraction": clip_frac, "returns_mean": returns_mean,

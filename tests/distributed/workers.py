@@ -139,3 +139,60 @@ def train_and_return_weights(rank, world, tmp, cfg, scripted=True, crash_rank=No
     result = trainer.train()
     trainer.close()
     return {"weights": trained_weights(trainer), "steps": result.steps, "rubric": trainer.rubric_version.hash}
+
+
+def train_ppo(rank, world, tmp, cfg, fail=None):
+    """PPO on scripted rollouts: the policy's and the value head's weights, and after every step a
+    digest of both from each rank (they must stay bit-identical)."""
+    from mpo_fast.trainer.distributed import all_gather, parameters_digest
+    from tests.trainer.fakes import AppendingMetaJudge
+
+    rm = SyntheticJudge(fail_when=failing(fail) if fail is not None else None)
+    if rank == 1:  # a value head initialised differently here: only rank 0's broadcast makes them agree
+        from mpo_fast.trainer import trainer as trainer_module
+
+        class OtherHead(trainer_module.ValueHead):
+            def __init__(self, *a, **kw):
+                super().__init__(*a, **kw)
+                with torch.no_grad():
+                    for p in self.parameters():
+                        p.add_(0.5)
+
+        trainer_module.ValueHead = OtherHead
+    trainer = make_trainer(Path(tmp), scripted=True, world=world, rm=rm, meta_judge=AppendingMetaJudge(), **cfg)
+    digests = []
+
+    def record(n):
+        params = [*trainer.model.parameters(), *trainer.value_head.parameters()]
+        digests.append(all_gather(parameters_digest(params)) if world > 1 else [parameters_digest(params)])
+
+    _record_steps(trainer, record)
+    trainer.train()
+    trainer.close()
+    return {"weights": trained_weights(trainer), "digests": digests,
+            "head": {n: p.detach().clone() for n, p in trainer.value_head.named_parameters()}}
+
+
+def remote_adapter_sync(rank, world, urls, adapter_dir, versions, keep):
+    """Each rank's RemoteCompletionsRollout over the shared server list, wrapped as the trainer
+    wraps it under torchrun (MainRankWeightSync): sync each version, then generate; returns the
+    adapter each rank's requests named."""
+    import peft
+
+    from mpo_fast.rollout import SamplingParams
+    from mpo_fast.rollout.remote import RemoteCompletionsRollout
+    from mpo_fast.trainer.data_parallel import MainRankWeightSync
+    from mpo_fast.trainer.distributed import all_gather, current
+
+    tok = char_tokenizer()
+    model = peft.get_peft_model(tiny_causal_lm(tok, seed=0), peft.LoraConfig(r=2, target_modules=["q_proj"]))
+    rollout = MainRankWeightSync(RemoteCompletionsRollout(urls, "policy", tokenizer=tok, adapter_dir=adapter_dir,
+                                                          keep_adapters=keep), current())
+    served = []
+    for v in versions:
+        rollout.sync_weights(model, v)
+        out = rollout.generate([[3, 4]], n=2, sampling=SamplingParams(max_new_tokens=4, seed=rank), policy_version=v)
+        assert all(r.policy_version == v for r in out)
+        served.append(rollout.served_model)
+    rollout.close()
+    return all_gather(served)
