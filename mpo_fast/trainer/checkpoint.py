@@ -99,6 +99,24 @@ def _fsync_tree(root: Path) -> None:
         fsync_directory(Path(folder))
 
 
+def commit_staging(staging: Path, final: Path, payload: dict[str, Any]) -> None:
+    """Write trainer_state.json into the complete staging directory, make it durable and rename it
+    to `final`: a step-* directory exists only complete (one process and the sharded FSDP2 save)."""
+    (staging / "trainer_state.json").write_text(json.dumps(payload, indent=1), encoding="utf-8")
+    _fsync_tree(staging)
+    if final.exists():  # a re-run of the same step (resumed from an earlier checkpoint)
+        shutil.rmtree(final)
+    os.rename(staging, final)
+    fsync_directory(final.parent)
+
+
+def prune_checkpoints(output_dir: str | os.PathLike[str], keep: int | None) -> None:
+    """Delete all but the newest `keep` checkpoints (None keeps every one)."""
+    if keep is not None:
+        for _, old in list_checkpoints(output_dir)[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+
+
 def save_checkpoint(
     output_dir: str | os.PathLike[str],
     step: int,
@@ -122,18 +140,11 @@ def save_checkpoint(
         rng_json, rng_tensors = capture_rng()
         torch.save(rng_tensors, staging / "rng.pt")
         payload = {"format": STATE_FORMAT, "step": step, "peft": is_peft_model(model), "rng": rng_json, **state}
-        (staging / "trainer_state.json").write_text(json.dumps(payload, indent=1), encoding="utf-8")
-        _fsync_tree(staging)
-        if final.exists():  # a re-run of the same step (resumed from an earlier checkpoint)
-            shutil.rmtree(final)
-        os.rename(staging, final)
-        fsync_directory(root)
+        commit_staging(staging, final, payload)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    if keep is not None:
-        for _, old in list_checkpoints(output_dir)[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
+    prune_checkpoints(output_dir, keep)
     return final
 
 

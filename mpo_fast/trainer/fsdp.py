@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -55,7 +54,6 @@ from typing import Any, Iterator
 import torch
 
 from ..ops.fused_linear_logprob import fused_linear_logprob
-from ..rubrics.atomic_file import fsync_directory
 from . import checkpoint as ckpt
 from .data_parallel import DataParallelUpdater
 from .distributed import DistContext, all_reduce_max, collective, run_on_main
@@ -262,18 +260,11 @@ def save_sharded_checkpoint(ctx: DistContext, output_dir: Path, step: int, *, mo
             torch.save(rng_tensors, staging / "rng.pt")
             payload = {"format": ckpt.STATE_FORMAT, "step": step, "peft": False, "rng": rng_json,
                        "sharded": SHARDED_FORMAT, **state}
-            (staging / "trainer_state.json").write_text(json.dumps(payload, indent=1), encoding="utf-8")
-            ckpt._fsync_tree(staging)
-            if final.exists():
-                shutil.rmtree(final)
-            os.rename(staging, final)
-            fsync_directory(root)
+            ckpt.commit_staging(staging, final, payload)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
-        if keep is not None:
-            for _, old in ckpt.list_checkpoints(output_dir)[:-keep]:
-                shutil.rmtree(old, ignore_errors=True)
+        ckpt.prune_checkpoints(output_dir, keep)
         return str(final)
 
     return Path(run_on_main(ctx, finish, f"finishing the checkpoint of step {step}"))
