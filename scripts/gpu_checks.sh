@@ -68,7 +68,8 @@ fi
 log "backends: $("$py" -c 'import mpo_fast; print({k: str(v) for k, v in mpo_fast.backends().items()})' 2>&1 | tail -1)"
 
 # 3. GPU tests
-tests=(tests/ops tests/test_backends.py tests/test_cuda_device_guard.py tests/trainer/test_pipeline.py tests/parsing/test_tokens.py)
+tests=(tests/ops tests/test_backends.py tests/test_cuda_device_guard.py tests/trainer/test_pipeline.py tests/parsing/test_tokens.py
+       tests/distributed/test_fsdp2_single_rank.py)
 step pytest 240 "$py" -m pytest -q -m gpu -p no:cacheprovider --timeout=120 "${tests[@]}" \
   >"$out/pytest_gpu.txt" 2>&1 || status=1
 log "pytest -m gpu: $(tail -1 "$out/pytest_gpu.txt")"
@@ -91,6 +92,10 @@ for op in $ops; do
   if [ $rc = 0 ]; then log "benchmark $op: $n records"; else status=1; log "benchmark $op FAILED (rc $rc, $n records)"; fi
   unset MPO_FAST_PIPELINE_TRACE
 done
+# 5. one full-fine-tune update step, fused policy loss (3 GEMMs) vs fused log-prob + loss (4), same records file
+echo "=== update_step" >>"$out/bench.err"
+step "benchmark update_step" 120 "$py" -m benchmarks.update_step --device cuda >>"$out/bench.jsonl" 2>>"$out/bench.err" \
+  && log "benchmark update_step: ok" || { status=1; log "benchmark update_step FAILED"; }
 log "done in $((SECONDS - start))s, status $status"
 cat "$out/summary.txt"
 exit $status
