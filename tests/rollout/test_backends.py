@@ -8,12 +8,7 @@ import pytest
 from mpo_fast.rollout import HFRollout
 from mpo_fast.rollout.backends import create_rollout_backend
 from mpo_fast.rollout.remote import RemoteCompletionsRollout
-from tests.tiny_models import char_tokenizer, tiny_causal_lm
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return char_tokenizer()
+from tests.tiny_models import tiny_causal_lm
 
 
 def test_hf_and_remote_are_built(tok):

@@ -7,20 +7,7 @@ from mpo_fast.models.hf_compat import wrap_with_peft
 from mpo_fast.rollout import HFRollout, SamplingParams
 from mpo_fast.rollout.decode_loop import decode_rows
 from mpo_fast.rollout.sampling import choose_tokens
-from tests.tiny_models import char_tokenizer, tiny_causal_lm
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return char_tokenizer()
+from tests.tiny_models import tiny_causal_lm
 
 
 def _ids(tok, text):

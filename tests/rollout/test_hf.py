@@ -3,20 +3,7 @@ import pytest
 import torch
 
 from mpo_fast.rollout import HFRollout, Rollout, RolloutBackend, SamplingParams
-from tests.tiny_models import char_tokenizer, tiny_causal_lm
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny matmuls: a second thread only waits (see tests/trainer/conftest.py)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return char_tokenizer()
+from tests.tiny_models import tiny_causal_lm
 
 
 @pytest.fixture

@@ -5,22 +5,9 @@ import torch
 from mpo_fast.models.hf_compat import wrap_with_peft
 from mpo_fast.rollout import HFRollout, SamplingParams
 from mpo_fast.rollout.packed_linear import packed_linears, packing_available
-from tests.tiny_models import char_tokenizer, tiny_causal_lm
+from tests.tiny_models import tiny_causal_lm
 
 pytestmark = pytest.mark.skipif(not packing_available(torch.nn.Linear(2, 2)), reason="torch without oneDNN ops")
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return char_tokenizer()
 
 
 def _linears(model):

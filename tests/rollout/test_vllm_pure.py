@@ -14,12 +14,7 @@ import torch
 from mpo_fast.rollout import SamplingParams
 from mpo_fast.rollout.vllm import build_prompts, convert_outputs, import_vllm, sampling_kwargs
 from mpo_fast.rollout.vllm_weights import merged_lora_weights, vllm_param_name, weights_for_vllm
-from tests.tiny_models import char_tokenizer, tiny_causal_lm
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return char_tokenizer()
+from tests.tiny_models import tiny_causal_lm
 
 
 def lora_model(tok, modules=("q_proj", "v_proj"), **extra):
