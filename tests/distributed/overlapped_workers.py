@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from tests.distributed import workers
 
 
@@ -51,3 +53,18 @@ def overlapped_and_serial(rank, world, tmp, cfg):
         trainer.close()
         out[name] = workers.trained_weights(trainer)
     return out
+
+
+def run_overlapped_and_serial(tmp_path, cfg: dict) -> None:
+    """Run `overlapped_and_serial` on 2 ranks and check that the overlapped pipeline (max_staleness 0)
+    trained every parameter as the serial data-parallel loop did, identically on both ranks."""
+    from .launch import all_ok, run_ranks
+
+    r0, r1 = all_ok(run_ranks(overlapped_and_serial, 2, tmp_path / "ranks", str(tmp_path), cfg))
+    moved = 0
+    for name, serial in r0["serial"].items():
+        overlapped = r0["overlapped"][name]
+        assert torch.equal(overlapped, r1["overlapped"][name]), name
+        torch.testing.assert_close(overlapped, serial, rtol=1e-5, atol=1e-6, msg=name)
+        moved += int(not torch.equal(serial, r0["start"][name]))
+    assert moved == len(r0["serial"])  # every parameter trained, so the comparison means something

@@ -66,13 +66,6 @@ def test_ppo_overlapped_at_staleness_0_trains_as_the_serial_data_parallel_loop(t
            "train": {"distributed": "ddp", "algorithm": "ppo", "kl_in": "reward", "kl_coef": 0.05, "max_steps": 2,
                      "micro_batch_size": 3},
            "log": {"save_steps": 0}}
-    r0, r1 = all_ok(run_ranks(overlapped_workers.overlapped_and_serial, 2, tmp_path / "ranks", str(tmp_path), cfg))
-    moved = 0
-    for name, serial in r0["serial"].items():
-        overlapped = r0["overlapped"][name]
-        assert torch.equal(overlapped, r1["overlapped"][name]), name
-        torch.testing.assert_close(overlapped, serial, rtol=1e-5, atol=1e-6, msg=name)
-        moved += int(not torch.equal(serial, r0["start"][name]))
-    assert moved == len(r0["serial"])
+    overlapped_workers.run_overlapped_and_serial(tmp_path, cfg)
     rows = read_jsonl(tmp_path / "overlapped" / "run" / "metrics.jsonl")
     assert {r["pipeline"] for r in rows} == {"overlapped"} and {r["world_size"] for r in rows} == {2}
